@@ -1,0 +1,134 @@
+"""What every causal LM port shares: the forward pass over blocks, masks, positions,
+KV cache, remat and activation sharding. Architectures supply embeddings, blocks and heads."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from typing import Any, ClassVar
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+from flax import nnx
+
+from jaxrlhf.models.layers import KVCache, attention_mask
+from jaxrlhf.sharding import constrain
+
+BATCH_LEN_EMBED = ("act_batch", "act_len", "act_embed")
+
+DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
+
+
+def as_dtype(dtype) -> Any:
+    if isinstance(dtype, str):
+        if dtype not in DTYPES:
+            raise ValueError(f"unknown dtype {dtype!r} (choose from {sorted(DTYPES)})")
+        return DTYPES[dtype]
+    return dtype
+
+
+@flax.struct.dataclass
+class CausalLMOutput:
+    logits: jax.Array  # [B, T, V] float32
+    hidden: jax.Array  # [B, T, E] last hidden states (after the final norm)
+    cache: KVCache | None = None
+
+
+@dataclasses.dataclass(frozen=True)
+class ArchConfig:
+    """Base of the per-architecture configs: hashable, built from an HF config dict.
+
+    ``extra_json`` keeps the HF keys we do not model (token ids, architectures, ...) so
+    that an exported ``config.json`` carries them through unchanged.
+    """
+
+    model_type: ClassVar[str]
+    extra_json: str = "{}"
+
+    @classmethod
+    def from_hf(cls, hf: dict, *, strict: bool = False, source: str = "config") -> "ArchConfig":
+        raise NotImplementedError
+
+    def to_hf(self) -> dict:
+        raise NotImplementedError
+
+    @property
+    def extra(self) -> dict:
+        return json.loads(self.extra_json)
+
+    @staticmethod
+    def split_known(hf: dict, known: set[str], *, strict: bool, source: str,
+                    model_type: str) -> tuple[dict, str]:
+        unknown = sorted(set(hf) - known - {"model_type"})
+        if strict and unknown:
+            import difflib
+            hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else "")
+                     for k in unknown]
+            raise ValueError(f"{source}: unknown key(s) for {model_type}: {', '.join(hints)}")
+        return {k: v for k, v in hf.items() if k in known}, json.dumps(
+            {k: hf[k] for k in unknown}, sort_keys=True, default=str)
+
+
+class CausalLM(nnx.Module):
+    """Decoder-only LM: ``embed -> blocks -> final norm -> unembed``.
+
+    Subclasses set ``self.layers`` (an ``nnx.List`` of blocks with signature
+    ``block(x, positions, mask, layer_cache, cache_index) -> (x, layer_cache)``), ``self.final_norm``
+    and implement :meth:`embed` and :meth:`unembed`.
+    """
+
+    config: ArchConfig
+    remat: bool
+    layers: nnx.List
+
+    def embed(self, input_ids: jax.Array, positions: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def unembed(self, hidden: jax.Array) -> jax.Array:
+        raise NotImplementedError
+
+    def init_cache(self, batch: int, capacity: int, dtype=None) -> KVCache:
+        raise NotImplementedError
+
+    def hidden_states(self, input_ids: jax.Array, attention_mask_: jax.Array,
+                      cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+        """Last hidden states ``[B, T, E]`` (after the final norm) and the updated cache.
+
+        input_ids: [B, T]; attention_mask_: [B, S] (S = T without a cache, else the cache
+        capacity: which slots hold real tokens once this call's tokens are written).
+        Positions come from the mask (left padding is allowed): a token's position is the
+        number of real tokens before it.
+        """
+        b, t = input_ids.shape
+        index = jnp.zeros((), jnp.int32) if cache is None else cache.index
+        key_valid = attention_mask_.astype(bool)
+        if cache is None and key_valid.shape[1] != t:
+            raise ValueError(f"attention_mask has {key_valid.shape[1]} slots but input_ids {t} tokens")
+        all_positions = jnp.maximum(jnp.cumsum(key_valid, axis=-1, dtype=jnp.int32) - 1, 0)
+        positions = jax.lax.dynamic_slice_in_dim(all_positions, index, t, axis=1)  # [B, T]
+        mask = attention_mask(key_valid, t, index)  # [B, T, S]
+
+        x = constrain(self.embed(input_ids, positions), BATCH_LEN_EMBED)
+
+        def run_block(block, x, positions, mask, layer_cache, index):
+            return block(x, positions, mask, layer_cache, index)
+
+        if self.remat:
+            run_block = nnx.remat(run_block, prevent_cse=True)
+        new_layers = []
+        for i, block in enumerate(self.layers):
+            layer_cache = None if cache is None else cache.layers[i]
+            x, layer_cache = run_block(block, x, positions, mask, layer_cache, index)
+            x = constrain(x, BATCH_LEN_EMBED)
+            new_layers.append(layer_cache)
+        hidden = self.final_norm(x)
+        new_cache = None if cache is None else KVCache(tuple(new_layers), index + t)
+        return hidden, new_cache
+
+    def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
+                 cache: KVCache | None = None) -> CausalLMOutput:
+        # input_ids: [B, T]; attention_mask: [B, S] -> logits [B, T, V] (float32)
+        hidden, cache = self.hidden_states(input_ids, attention_mask, cache)
+        logits = constrain(self.unembed(hidden), ("act_batch", "act_len", "act_vocab"))
+        return CausalLMOutput(logits=logits.astype(jnp.float32), hidden=hidden, cache=cache)
