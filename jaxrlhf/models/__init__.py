@@ -14,6 +14,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx
+from tqdm.auto import tqdm
 from jax.sharding import Mesh
 
 from jaxrlhf.models.base import ArchConfig, CausalLM, CausalLMOutput, as_dtype
@@ -46,7 +47,8 @@ def config_from_hf(hf: dict, *, strict: bool = False, source: str = "config") ->
     except CheckpointError:
         raise
     except (TypeError, ValueError, KeyError) as e:
-        raise CheckpointError(f"{source}: {e}") from None
+        message = str(e)
+        raise CheckpointError(message if message.startswith(source) else f"{source}: {message}") from None
 
 
 def read_config(path: str | os.PathLike) -> ArchConfig:
@@ -80,7 +82,7 @@ def create_model(config: ArchConfig, *, dtype="float32", param_dtype="float32", 
 
 
 def from_pretrained(path: str | os.PathLike, *, dtype="float32", param_dtype="float32",
-                    remat: bool = False, mesh: Mesh | None = None) -> CausalLM:
+                    remat: bool = False, mesh: Mesh | None = None, progress: bool = False) -> CausalLM:
     """Load a local HF causal-LM folder into our port of its architecture.
 
     Weights are read tensor by tensor from safetensors and placed shard by shard on the
@@ -98,7 +100,9 @@ def from_pretrained(path: str | os.PathLike, *, dtype="float32", param_dtype="fl
     sharding_of = dict(nnx.to_flat_state(shardings))
     maps = TENSOR_MAPS[config.model_type](config)
     loaded = set()
-    for tm, hf_array in iter_hf_tensors(path, maps, tied=config.tie_word_embeddings):
+    tensors = iter_hf_tensors(path, maps, tied=config.tie_word_embeddings)
+    for tm, hf_array in tqdm(tensors, total=len(maps), desc=f"loading {Path(path).name}",
+                             unit="tensor", disable=not progress):
         for p, array in zip(tm.paths, tm.to_ours(hf_array)):
             variable = variables[p]
             expected = variable.get_value().shape

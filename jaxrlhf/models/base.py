@@ -4,6 +4,7 @@ KV cache, remat and activation sharding. Architectures supply embeddings, blocks
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import json
 from typing import Any, ClassVar
 
@@ -16,6 +17,12 @@ from jaxrlhf.models.layers import KVCache, attention_mask
 from jaxrlhf.sharding import constrain
 
 BATCH_LEN_EMBED = ("act_batch", "act_len", "act_embed")
+
+# Keys any transformers config may carry; kept (in ``extra_json``) but not modelled.
+GENERIC_HF_KEYS = {"bos_token_id", "eos_token_id", "pad_token_id", "architectures", "dtype",
+                   "torch_dtype", "transformers_version", "use_cache", "_name_or_path",
+                   "output_hidden_states", "output_attentions", "return_dict", "id2label",
+                   "label2id", "problem_type", "is_encoder_decoder", "chunk_size_feed_forward"}
 
 DTYPES = {"float32": jnp.float32, "bfloat16": jnp.bfloat16, "float16": jnp.float16}
 
@@ -61,10 +68,9 @@ class ArchConfig:
     def split_known(hf: dict, known: set[str], *, strict: bool, source: str,
                     model_type: str) -> tuple[dict, str]:
         unknown = sorted(set(hf) - known - {"model_type"})
-        if strict and unknown:
-            import difflib
+        if strict and (bad := [k for k in unknown if k not in GENERIC_HF_KEYS]):
             hints = [f"{k!r}" + (f" (did you mean {m[0]!r}?)" if (m := difflib.get_close_matches(k, known, 1)) else "")
-                     for k in unknown]
+                     for k in bad]
             raise ValueError(f"{source}: unknown key(s) for {model_type}: {', '.join(hints)}")
         return {k: v for k, v in hf.items() if k in known}, json.dumps(
             {k: hf[k] for k in unknown}, sort_keys=True, default=str)

@@ -1,0 +1,224 @@
+"""The ``jaxrlhf`` command line: one entry point, one subcommand per job.
+
+Each subcommand module-level pair ``add_<name>(subparsers)`` / ``run_<name>(args)`` keeps
+the parser next to what it runs. User errors (bad config, broken checkpoint) print one
+line and exit with status 2; they never end in a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import math
+import os
+import sys
+import time
+from pathlib import Path
+
+from jaxrlhf import __version__
+
+log = logging.getLogger("jaxrlhf")
+
+DESCRIPTION = """\
+jaxrlhf: RLHF in JAX. Train language models from preferences on a device mesh:
+SFT -> reward model (K-wise ranking) -> PPO with a KL leash, with DPO as the offline
+baseline. Models are Flax ports of Hugging Face Llama / Qwen2 / GPT-2 that load and
+save transformers folders (safetensors).
+"""
+
+EPILOG = """\
+commands available in this version:
+  init-model   create a randomly initialised model (sharded on the mesh) and save it
+               as a Hugging Face folder
+  inspect      load a Hugging Face folder onto a mesh: architecture, parameter count,
+               per-device memory, and a test forward pass
+
+Run 'jaxrlhf COMMAND --help' for a command's options. Configs are YAML files (see
+configs/); any key can be overridden with --set section.key=value.
+"""
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--config", metavar="FILE", help="YAML config (see configs/)")
+    p.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set model.dtype=bfloat16 (repeatable)")
+
+
+# --------------------------------------------------------------------------- init-model
+
+
+def add_init_model(sub) -> None:
+    p = sub.add_parser(
+        "init-model", help="create a random model from an architecture and save it",
+        description="Create a randomly initialised model directly in its sharded layout on the "
+                    "mesh and save it as a Hugging Face folder that transformers loads.",
+        epilog="example: jaxrlhf init-model --config configs/init/llama-tiny.yaml "
+               "--set output_dir=runs/my-model")
+    _add_config_args(p)
+    p.add_argument("--tokenizer", metavar="DIR", help="copy this folder's tokenizer into the output")
+    p.set_defaults(run=run_init_model)
+
+
+def run_init_model(args) -> int:
+    import jax
+
+    from jaxrlhf.config import (ConfigError, RunConfig, load_config, read_yaml, resolve_path,
+                                save_config)
+    from jaxrlhf.models import config_from_hf, create_model, load_tokenizer, save_pretrained
+
+    cfg = load_config(RunConfig, args.config, args.overrides)
+    if not cfg.model.arch:
+        raise ConfigError("init-model needs model.arch: an architecture YAML (see configs/models/)")
+    arch_file = resolve_path(cfg.model.arch, args.config)
+    arch = config_from_hf(read_yaml(arch_file), strict=True, source=str(arch_file))
+    mesh = _mesh_or_error(cfg.mesh, "mesh")
+    log.info("mesh %s over %d %s device(s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
+    start = time.perf_counter()
+    model = create_model(arch, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
+                         remat=cfg.model.remat, mesh=mesh, seed=cfg.seed)
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
+    out = save_pretrained(model, cfg.output_dir, tokenizer=tokenizer)
+    save_config(cfg, Path(out) / "jaxrlhf_config.yaml")
+    n = _param_count(model)
+    print(f"saved {arch.model_type} model with {n:,} parameters to {out} "
+          f"({time.perf_counter() - start:.1f}s)")
+    return 0
+
+
+# --------------------------------------------------------------------------- inspect
+
+
+def add_inspect(sub) -> None:
+    p = sub.add_parser(
+        "inspect", help="load a model folder onto a mesh and report on it",
+        description="Load a Hugging Face folder onto the mesh and print its architecture, "
+                    "parameter count, how each large tensor is sharded, per-device parameter "
+                    "memory, and the result of a test forward pass.")
+    p.add_argument("model", metavar="MODEL_DIR", help="Hugging Face folder (config.json + safetensors)")
+    p.add_argument("--mesh", default="data=1,fsdp=-1,tensor=1",
+                   help="mesh sizes, e.g. data=2,fsdp=-1,tensor=2 (-1: the remaining devices)")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"],
+                   help="compute dtype")
+    p.add_argument("--batch", type=int, default=2, help="batch size of the test forward")
+    p.add_argument("--length", type=int, default=16, help="sequence length of the test forward")
+    p.set_defaults(run=run_inspect)
+
+
+def run_inspect(args) -> int:
+    import jax
+    import numpy as np
+    from flax import nnx
+
+    from jaxrlhf.config import ConfigError
+    from jaxrlhf.models import from_pretrained
+    from jaxrlhf.sharding import MeshConfig, per_device_bytes
+
+    try:
+        mesh_config = MeshConfig.parse(args.mesh)
+    except ValueError as e:
+        raise ConfigError(f"--mesh: {e}") from None
+    mesh = _mesh_or_error(mesh_config, "--mesh")
+    model = from_pretrained(args.model, dtype=args.dtype, mesh=mesh, progress=True)
+    c = model.config
+    print(f"model      {args.model}: {c.model_type}, {c.num_hidden_layers} layers, "
+          f"hidden {c.hidden_size}, vocab {c.vocab_size}")
+    params = nnx.to_flat_state(nnx.state(model, nnx.Param))
+    total = sum(v.get_value().nbytes for _, v in params)
+    per_device = sum(per_device_bytes(v.get_value()) for _, v in params)
+    print(f"parameters {_param_count(model):,} ({_fmt_bytes(total)})")
+    print(f"mesh       {dict(mesh.shape)} on {mesh.size} {jax.devices()[0].platform} device(s)")
+    print(f"per device {_fmt_bytes(per_device)} of parameters ({total / max(per_device, 1):.1f}x less "
+          "than unsharded)")
+    print("largest tensors:")
+    largest = sorted(params, key=lambda pv: -pv[1].get_value().nbytes)[:6]
+    for path, v in largest:
+        a = v.get_value()
+        print(f"  {'.'.join(map(str, path)):<40} {str(list(a.shape)):<16} "
+              f"{str(a.sharding.spec):<28} {_fmt_bytes(per_device_bytes(a))}/device")
+
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, c.vocab_size, size=(args.batch, args.length)).astype(np.int32)
+    mask = np.ones_like(ids)
+    graphdef, state = nnx.split(model)
+    forward = jax.jit(lambda s, i, m: nnx.merge(graphdef, s)(i, m).logits)
+    with jax.set_mesh(mesh):
+        start = time.perf_counter()
+        logits = jax.block_until_ready(forward(state, ids, mask))
+        compiled = time.perf_counter() - start
+        start = time.perf_counter()
+        logits = jax.block_until_ready(forward(state, ids, mask))
+        ran = time.perf_counter() - start
+    finite = bool(np.isfinite(np.asarray(logits)).all())
+    print(f"forward    logits {list(logits.shape)}, finite={finite}, "
+          f"compile+run {compiled:.2f}s, run {ran * 1e3:.1f} ms")
+    return 0 if finite else 1
+
+
+# --------------------------------------------------------------------------- helpers
+
+
+def _mesh_or_error(mesh_config, what: str):
+    from jaxrlhf.config import ConfigError
+    from jaxrlhf.sharding import make_mesh
+    try:
+        return make_mesh(mesh_config)
+    except ValueError as e:
+        raise ConfigError(f"{what}: {e}") from None
+
+
+def _param_count(model) -> int:
+    from flax import nnx
+    return sum(math.prod(v.get_value().shape) for _, v in nnx.to_flat_state(nnx.state(model, nnx.Param)))
+
+
+def _fmt_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if n < 1024 or unit == "TiB":
+            return f"{n:.1f} {unit}" if unit != "B" else f"{int(n)} B"
+        n /= 1024
+    return f"{n}"
+
+
+COMMANDS = (add_init_model, add_inspect)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="jaxrlhf", description=DESCRIPTION, epilog=EPILOG,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--version", action="version", version=f"jaxrlhf {__version__}")
+    parser.add_argument("--cpu-devices", type=int, metavar="N",
+                        help="on CPU, split the host into N fake devices (to try a mesh)")
+    parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for add in COMMANDS:
+        add(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "run", None):
+        parser.print_help()
+        return 0
+    logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+                        datefmt="%H:%M:%S")
+    logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing chatter
+    if args.cpu_devices:
+        import jax
+        jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+
+    from jaxrlhf.config import ConfigError
+    from jaxrlhf.models import CheckpointError
+    try:
+        return args.run(args)
+    except (ConfigError, CheckpointError) as e:
+        print(f"jaxrlhf {args.command}: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print(f"jaxrlhf {args.command}: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())
