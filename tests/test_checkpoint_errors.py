@@ -113,3 +113,20 @@ def test_bare_backbone_key_names(tmp_path):
     rewrite(tmp_path, lambda t: t.update({k.removeprefix("transformer."): t.pop(k) for k in list(t)}))
     model = from_pretrained(tmp_path)
     assert model.config.n_layer == 2
+
+
+def test_tokenizer_travels_with_the_model(llama_dir, tmp_path):
+    from tokenizers import Tokenizer, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from jaxrlhf.models import load_tokenizer
+
+    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, **{c: i + 3 for i, c in enumerate("abcdefgh")}}
+    raw = Tokenizer(models.WordLevel(vocab, unk_token="<pad>"))
+    raw.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
+    tok = PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>", bos_token="<s>",
+                                  eos_token="</s>")
+    out = save_pretrained(from_pretrained(llama_dir), tmp_path / "with-tok", tokenizer=tok)
+    loaded = load_tokenizer(out)
+    assert loaded("cab")["input_ids"] == [5, 3, 4]
+    assert loaded.pad_token_id == 0 and loaded.eos_token_id == 2
