@@ -221,8 +221,9 @@ def resolve_keys(folder: SafetensorsFolder, maps: list[TensorMap]) -> dict[str, 
     return resolved
 
 
-def check_all_used(folder: SafetensorsFolder, used: Iterable[str], *, tied: bool) -> None:
-    unused = sorted(set(folder.shapes) - set(used))
+def check_all_used(folder: SafetensorsFolder, used: Iterable[str], *, tied: bool,
+                   ignore: Iterable[str] = ()) -> None:
+    unused = sorted(set(folder.shapes) - set(used) - set(ignore))
     unused = [k for k in unused if not IGNORED_KEYS.search(k)
               and not (tied and k == "lm_head.weight")]  # a tied head may be stored redundantly
     if unused:
@@ -231,11 +232,15 @@ def check_all_used(folder: SafetensorsFolder, used: Iterable[str], *, tied: bool
                               "the checkpoint does not match config.json")
 
 
-def iter_hf_tensors(folder: str | os.PathLike, maps: list[TensorMap], *, tied: bool):
-    """Yield ``(TensorMap, hf_array)`` for every map, after checking names and shapes."""
+def iter_hf_tensors(folder: str | os.PathLike, maps: list[TensorMap], *, tied: bool,
+                    ignore: Iterable[str] = ()):
+    """Yield ``(TensorMap, hf_array)`` for every map, after checking names and shapes.
+
+    ``ignore``: tensors that may be present and go unused (an LM head under a reward model).
+    """
     files = SafetensorsFolder(folder)
     resolved = resolve_keys(files, maps)
-    check_all_used(files, resolved.values(), tied=tied)
+    check_all_used(files, resolved.values(), tied=tied, ignore=ignore)
     for tm in maps:
         yield tm, files.read(resolved[tm.hf_key])
 
