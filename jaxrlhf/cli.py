@@ -28,6 +28,8 @@ save transformers folders (safetensors).
 
 EPILOG = """\
 commands available in this version:
+  rm           train a reward model on ranked answers (K-wise ranking loss)
+  export       write a training run's checkpoint as a transformers folder
   init-model   create a randomly initialised model (sharded on the mesh) and save it
                as a Hugging Face folder
   inspect      load a Hugging Face folder onto a mesh: architecture, parameter count,
@@ -154,6 +156,78 @@ def run_inspect(args) -> int:
     return 0 if finite else 1
 
 
+# --------------------------------------------------------------------------- rm
+
+
+def add_rm(sub) -> None:
+    p = sub.add_parser(
+        "rm", help="train a reward model on ranked answers (K-wise ranking loss)",
+        description="Train a reward model (the LM with a scalar head) on prompts with K ranked "
+                    "answers: one forward per answer, all C(K,2) ordered pairs from the [B, K] "
+                    "reward matrix. Writes checkpoints, TensorBoard scalars, results.json and the "
+                    "final model (a transformers *ForSequenceClassification folder) to output_dir.",
+        epilog="example: jaxrlhf rm --config configs/rm/tiny.yaml --set train.epochs=2")
+    _add_config_args(p)
+    p.add_argument("--resume", action="store_true",
+                   help="continue from the latest complete checkpoint in output_dir")
+    p.set_defaults(run=run_rm_command)
+
+
+def run_rm_command(args) -> int:
+    from jaxrlhf.config import load_config
+    from jaxrlhf.stages.rm import RMConfig, run_rm
+
+    cfg = load_config(RMConfig, args.config, args.overrides)
+    cfg = _resolve_files(cfg, args.config)
+    results = run_rm(cfg, resume=args.resume)
+    ev = results.get("eval") or {}
+    summary = ", ".join(f"{k} {ev[k]:.4f}" for k in ("loss", "pair_accuracy", "top1_accuracy") if k in ev)
+    print(f"reward model: {results['steps']} steps; eval {summary or 'n/a'}; "
+          f"saved to {results['final_model']}")
+    return 0
+
+
+def _resolve_files(cfg, config_file):
+    """Data and model paths in a config are relative to the working directory, or else to
+    the config file's folder."""
+    import dataclasses
+
+    from jaxrlhf.config import resolve_path
+    fix = lambda p: str(resolve_path(p, config_file)) if p else p
+    data = dataclasses.replace(cfg.data, train_files=tuple(map(fix, cfg.data.train_files)),
+                               eval_files=tuple(map(fix, cfg.data.eval_files)))
+    model = dataclasses.replace(cfg.model, path=fix(cfg.model.path))
+    return dataclasses.replace(cfg, data=data, model=model, tokenizer=fix(cfg.tokenizer))
+
+
+# --------------------------------------------------------------------------- export
+
+
+def add_export(sub) -> None:
+    p = sub.add_parser(
+        "export", help="write a training run's model as a transformers folder",
+        description="Export a run's checkpoint (default: the latest complete one) as a Hugging "
+                    "Face folder: a reward model as *ForSequenceClassification (num_labels=1).")
+    p.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a training run")
+    p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
+    p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
+    p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
+                   help="convert weights on export (default: as trained)")
+    p.set_defaults(run=run_export)
+
+
+def run_export(args) -> int:
+    from jaxrlhf.config import ConfigError
+    from jaxrlhf.stages.export import export_run
+
+    run_dir = Path(args.run_dir)
+    if not (run_dir / "config.yaml").exists():
+        raise ConfigError(f"{run_dir / 'config.yaml'}: not found (is {run_dir} a training run folder?)")
+    out = export_run(run_dir, args.out, step=args.step, dtype=args.dtype)
+    print(f"exported {run_dir} to {out}")
+    return 0
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -179,7 +253,7 @@ def _fmt_bytes(n: float) -> str:
     return f"{n}"
 
 
-COMMANDS = (add_init_model, add_inspect)
+COMMANDS = (add_rm, add_export, add_init_model, add_inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -203,16 +277,19 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     logging.basicConfig(level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s",
                         datefmt="%H:%M:%S")
-    logging.getLogger("jax").setLevel(logging.WARNING)  # backend probing chatter
+    for noisy in ("jax", "absl", "orbax"):  # backend probing and checkpoint-manager chatter
+        logging.getLogger(noisy).setLevel(logging.WARNING)
     if args.cpu_devices:
         import jax
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
 
     from jaxrlhf.config import ConfigError
+    from jaxrlhf.data import DataError
+    from jaxrlhf.loop import NonFiniteLossError
     from jaxrlhf.models import CheckpointError
     try:
         return args.run(args)
-    except (ConfigError, CheckpointError) as e:
+    except (ConfigError, CheckpointError, DataError, NonFiniteLossError) as e:
         print(f"jaxrlhf {args.command}: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -99,6 +99,12 @@ class MeshConfig:
 def make_mesh(config: MeshConfig = MeshConfig(), devices: Sequence[jax.Device] | None = None) -> Mesh:
     """Build the (data, fsdp, tensor) mesh over ``devices`` (default: all devices)."""
     devices = list(jax.devices() if devices is None else devices)
+    wanted = math.prod(config.sizes())
+    if -1 not in config.sizes() and wanted < len(devices):
+        # an explicit smaller mesh (e.g. 1x1x1 to debug) uses the first devices only
+        log.warning("mesh data=%d x fsdp=%d x tensor=%d uses %d of %d devices",
+                    *config.sizes(), wanted, len(devices))
+        devices = devices[:wanted]
     shape = config.resolve(len(devices))
     if len(devices) == len(jax.devices()):
         # let JAX pick a topology-aware device order (ICI rings on TPU)

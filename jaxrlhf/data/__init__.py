@@ -1,0 +1,11 @@
+"""Preference data: load and clean local files (with a report), tokenise to fixed-shape
+arrays with a documented truncation policy, and batch deterministically for exact resume."""
+
+from jaxrlhf.data.preference import (SKIP_REASONS, CleanReport, DataError, RankedExample,
+                                     load_preference_data)
+from jaxrlhf.data.tokenize import (RankedArrays, batches_per_epoch, epoch_order, iterate_batches,
+                                   pad_id_of, split_train_eval, tokenize_ranked)
+
+__all__ = ["SKIP_REASONS", "CleanReport", "DataError", "RankedArrays", "RankedExample",
+           "batches_per_epoch", "epoch_order", "iterate_batches", "load_preference_data",
+           "pad_id_of", "split_train_eval", "tokenize_ranked"]

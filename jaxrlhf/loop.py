@@ -1,0 +1,190 @@
+"""The one training loop every stage uses.
+
+It owns the order of things (epochs, batches, eval cadence, logging, checkpoints) and
+nothing about models or losses: a stage hands it a jitted ``train_step(state, batch)``, a
+way to make batches from a data position, and an ``evaluate(state)``.
+
+Exact resume: a checkpoint stores the state and the data position of the *next* batch
+(epoch, batch index); batches are a pure function of (seed, epoch, index), so a resumed
+run sees the same batches in the same order as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import math
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from tqdm.auto import tqdm
+
+from jaxrlhf.steps.common import OptimConfig
+
+log = logging.getLogger(__name__)
+
+
+class NonFiniteLossError(RuntimeError):
+    """Too many consecutive steps had a NaN/Inf loss or gradient."""
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainConfig:
+    epochs: int = 1
+    max_steps: int = 0  # > 0: stop after this many steps even mid-epoch
+    batch_size: int = 8  # prompts per optimizer step (global, all devices)
+    micro_batch_size: int = 0  # > 0: accumulate gradients over batch_size / micro_batch_size parts
+    eval_batch_size: int = 0  # 0: same as batch_size
+    eval_every: int = 0  # steps between evaluations; 0: only at the end
+    save_every: int = 0  # steps between checkpoints; 0: only at the end
+    keep_checkpoints: int = 2
+    log_every: int = 10
+    max_nonfinite_steps: int = 3  # consecutive skipped (NaN/Inf) steps before the run stops
+    optim: OptimConfig = OptimConfig()
+
+    def __post_init__(self):
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        if self.micro_batch_size and self.batch_size % self.micro_batch_size:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of "
+                             f"micro_batch_size {self.micro_batch_size}")
+        if self.epochs < 1 and self.max_steps < 1:
+            raise ValueError("set epochs >= 1 or max_steps >= 1")
+
+    @property
+    def accumulation_steps(self) -> int:
+        return self.batch_size // self.micro_batch_size if self.micro_batch_size else 1
+
+    def total_steps(self, steps_per_epoch: int) -> int:
+        total = steps_per_epoch * max(self.epochs, 1)
+        return min(total, self.max_steps) if self.max_steps > 0 else total
+
+
+@dataclasses.dataclass
+class Position:
+    """Where the next batch comes from, and how many steps were taken."""
+
+    epoch: int = 0
+    batch: int = 0
+    steps: int = 0
+
+    def advance(self, steps_per_epoch: int) -> "Position":
+        batch, epoch = self.batch + 1, self.epoch
+        if batch >= steps_per_epoch:
+            batch, epoch = 0, epoch + 1
+        return Position(epoch, batch, self.steps + 1)
+
+
+class MetricsLog:
+    """TensorBoard scalars (process 0) plus a JSONL copy of everything logged."""
+
+    def __init__(self, directory: str | Path):
+        self.directory = Path(directory)
+        self.enabled = jax.process_index() == 0
+        self._writer = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter
+            self.directory.mkdir(parents=True, exist_ok=True)
+            self._writer = SummaryWriter(str(self.directory / "tensorboard"))
+            self._jsonl = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")
+
+    def write(self, step: int, metrics: dict[str, float], prefix: str) -> None:
+        if not self.enabled:
+            return
+        for key, value in metrics.items():
+            self._writer.add_scalar(f"{prefix}/{key}", value, step)
+        self._jsonl.write(json.dumps({"step": step, "split": prefix, **metrics}) + "\n")
+        self._jsonl.flush()
+
+    def close(self) -> None:
+        if self.enabled:
+            self._writer.close()
+            self._jsonl.close()
+
+
+def to_floats(metrics: dict) -> dict[str, float]:
+    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+
+
+def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, dict]],
+               batches: Callable[[int, int], Iterator[Any]], steps_per_epoch: int,
+               config: TrainConfig, start: Position, checkpointer=None,
+               evaluate: Callable[[Any], dict[str, float]] | None = None,
+               metrics_log: MetricsLog | None = None, save_meta: Callable[[], dict] | None = None,
+               desc: str = "train") -> tuple[Any, Position, dict[str, float]]:
+    """Run steps from ``start`` to the end of training; returns (state, position, last eval).
+
+    batches(epoch, start_batch) yields device-ready batches of that epoch from start_batch.
+    """
+    total = config.total_steps(steps_per_epoch)
+    position = start
+    last_eval: dict[str, float] = {}
+    nonfinite = 0
+    bar = tqdm(total=total, initial=position.steps, desc=desc, unit="step",
+               disable=jax.process_index() != 0, dynamic_ncols=True)
+
+    def save():
+        if checkpointer is None or checkpointer.latest_step() == position.steps:
+            return
+        meta = {"epoch": position.epoch, "batch": position.batch, "steps": position.steps}
+        meta.update(save_meta() if save_meta else {})
+        checkpointer.save(position.steps, state, meta)
+
+    def run_eval():
+        nonlocal last_eval
+        if evaluate is None:
+            return
+        last_eval = evaluate(state)
+        if metrics_log:
+            metrics_log.write(position.steps, last_eval, "eval")
+        bar.write(f"step {position.steps}: eval " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
+
+    window: list[dict] = []
+    started = time.perf_counter()
+    while position.steps < total:
+        for batch in batches(position.epoch, position.batch):
+            state, metrics = train_step(state, batch)
+            position = position.advance(steps_per_epoch)
+            metrics = to_floats(metrics)
+            if metrics.get("skipped", 0.0) > 0:
+                nonfinite += 1
+                log.warning("step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); update "
+                            "skipped (%d in a row)", position.steps, metrics.get("loss"),
+                            metrics.get("grad_norm"), nonfinite)
+                if nonfinite >= config.max_nonfinite_steps:
+                    bar.close()
+                    raise NonFiniteLossError(
+                        f"{nonfinite} consecutive steps with a non-finite loss/gradient at step "
+                        f"{position.steps}; stopping (the last checkpoint holds finite parameters)")
+            else:
+                nonfinite = 0
+            window.append(metrics)
+            bar.update(1)
+            if position.steps % config.log_every == 0 or position.steps == total:
+                mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
+                mean["steps_per_second"] = len(window) / max(time.perf_counter() - started, 1e-9)
+                if metrics_log:
+                    metrics_log.write(position.steps, mean, "train")
+                bar.set_postfix({k: f"{mean[k]:.4g}" for k in ("loss", "pair_accuracy") if k in mean})
+                window, started = [], time.perf_counter()
+            if config.eval_every and position.steps % config.eval_every == 0 and position.steps < total:
+                run_eval()
+            if config.save_every and position.steps % config.save_every == 0 and position.steps < total:
+                save()
+            if position.steps >= total:
+                break
+    bar.close()
+    run_eval()
+    save()
+    if checkpointer is not None:
+        checkpointer.wait()
+    return state, position, last_eval
+
+
+def epochs_needed(total_steps: int, steps_per_epoch: int) -> int:
+    return math.ceil(total_steps / max(steps_per_epoch, 1))

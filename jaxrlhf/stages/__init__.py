@@ -1,0 +1,1 @@
+"""Training stages: each turns a config into a trained model in its output_dir."""

@@ -1,0 +1,1 @@
+"""Jitted pure training steps, one module per stage."""
