@@ -86,7 +86,7 @@ def apply_gradients(state: TrainState, grads: nnx.State, loss: jax.Array,
     Skipping inside the step means a NaN never reaches the parameters, so it never reaches
     a checkpoint; the loop sees ``skipped`` and reports it.
     """
-    grad_norm = optax.global_norm(grads)
+    grad_norm = optax.tree.norm(grads)
     finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
     updates, new_opt_state = tx.update(grads, state.opt_state, state.params)
     new_params = optax.apply_updates(state.params, updates)
@@ -105,17 +105,13 @@ def accumulate(loss_fn: Callable, params: nnx.State, micro_batches: dict) -> tup
     """
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
 
-    def body(carry, micro_batch):
-        grads, aux_sum = carry
+    def body(grads, micro_batch):
         (loss, aux), g = grad_fn(params, micro_batch)
-        aux = dict(aux, loss=loss)
-        return (jax.tree.map(jnp.add, grads, g), jax.tree.map(jnp.add, aux_sum, aux)), None
+        return jax.tree.map(jnp.add, grads, g), dict(aux, loss=loss)
 
-    first = jax.tree.map(lambda x: x[0], micro_batches)
-    aux_shape = jax.eval_shape(lambda: dict(grad_fn(params, first)[0][1], loss=jnp.zeros(())))
-    zeros = (jax.tree.map(jnp.zeros_like, params),
-             jax.tree.map(lambda s: jnp.zeros(s.shape, s.dtype), aux_shape))
-    (grads, aux), _ = jax.lax.scan(body, zeros, micro_batches)
+    # aux comes out stacked [A, ...] and is summed after: its structure needs no extra trace
+    grads, aux = jax.lax.scan(body, jax.tree.map(jnp.zeros_like, params), micro_batches)
+    aux = jax.tree.map(lambda x: x.sum(axis=0), aux)
     return grads, aux
 
 
