@@ -10,7 +10,12 @@ from jaxrlhf.sharding import MeshConfig
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 # folder under configs/ -> how its files are loaded
-RUN_CONFIG_DIRS = {"init": RunConfig}
+def _rm_config():
+    from jaxrlhf.stages.rm import RMConfig
+    return RMConfig
+
+
+RUN_CONFIG_DIRS = {"init": lambda: RunConfig, "rm": _rm_config}
 
 
 def all_configs():
@@ -27,9 +32,11 @@ def test_every_shipped_config_loads(path):
         assert arch.model_type in ("llama", "qwen2", "gpt2")
         return
     assert folder in RUN_CONFIG_DIRS, f"no loader registered for configs/{folder}/"
-    cfg = load_config(RUN_CONFIG_DIRS[folder], path)
+    cfg = load_config(RUN_CONFIG_DIRS[folder](), path)
     if cfg.model.arch:
         assert resolve_path(cfg.model.arch, path).exists(), cfg.model.arch
+    for data_file in getattr(getattr(cfg, "data", None), "train_files", ()):
+        assert resolve_path(data_file, path).exists(), data_file
 
 
 def write(tmp_path, text):

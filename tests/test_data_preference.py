@@ -342,3 +342,14 @@ def test_split_train_eval_is_deterministic_and_disjoint():
     assert (len(train), len(evals), evals.input_ids.shape) == (40, 0, (0, 2, 3))
     with pytest.raises(ValueError, match="no training rows"):
         split_train_eval(numbered(1), 0.5, seed=0)
+
+
+def test_shipped_example_file_loads_all_formats():
+    from pathlib import Path
+
+    from rm_fixtures import char_tokenizer
+    example = Path(__file__).resolve().parents[1] / "examples" / "ranked_sample.jsonl"
+    examples, report = load_preference_data(str(example), tokenizer=char_tokenizer())
+    assert report.kept == 3 and not report.skipped
+    assert [len(e.responses) for e in examples] == [3, 2, 2]
+    assert examples[2].scores == (1.0, 0.0)
