@@ -71,7 +71,7 @@ def ours(folder: Path, rows, k: int, batch: int, max_length: int, steps: int) ->
 
     from jaxrlhf.data import RankedExample, tokenize_ranked
     from jaxrlhf.models import load_tokenizer, reward_model_from_pretrained
-    from jaxrlhf.stages.rm import stack_micro_batches
+    from jaxrlhf.stages.common import stack_micro_batches
     from jaxrlhf.steps.common import OptimConfig, init_train_state, make_optimizer
     from jaxrlhf.steps.rm import rm_train_step
 

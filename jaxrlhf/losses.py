@@ -95,3 +95,68 @@ def ranking_metrics(rewards: jax.Array, scores: jax.Array, mask: jax.Array,
         "top1_correct": top1_correct.astype(jnp.float32),
         "top1_count": top1_count.astype(jnp.float32),
     }
+
+
+# --------------------------------------------------------------------------- language modelling
+
+
+def token_log_probs(logits: jax.Array, input_ids: jax.Array, temperature: float = 1.0) -> jax.Array:
+    """``log p(x_t | x_<t)`` for every position (0 at t = 0, which nothing predicts).
+
+    logits: [B, T, V] (position t predicts token t+1); input_ids: [B, T] -> [B, T] float32.
+    ``temperature`` divides the logits, as the sampler does, so sampled and recomputed
+    log-probs agree.
+    """
+    logits = logits[:, :-1].astype(jnp.float32) / temperature
+    log_probs = jax.nn.log_softmax(logits, axis=-1)
+    picked = jnp.take_along_axis(log_probs, input_ids[:, 1:, None], axis=-1)[..., 0]
+    return jnp.pad(picked, ((0, 0), (1, 0)))
+
+
+def sft_loss(logits: jax.Array, input_ids: jax.Array, loss_mask: jax.Array) -> tuple[jax.Array, dict]:
+    """Mean negative log-likelihood over the trained tokens of the batch.
+
+    logits: [B, T, V]; input_ids, loss_mask: [B, T] (loss_mask[t] = 1: token t is a target).
+    Returns the sum and the token count too, so means stay exact across micro-batches.
+    """
+    mask = jnp.asarray(loss_mask, jnp.float32).at[:, 0].set(0.0)  # position 0 has no prediction
+    nll = -token_log_probs(logits, input_ids) * mask
+    nll_sum, count = nll.sum(), mask.sum()
+    return nll_sum / jnp.maximum(count, 1.0), {"nll_sum": nll_sum, "token_count": count}
+
+
+DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
+
+
+def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array,
+             ref_rejected: jax.Array, *, beta: float = 0.1, loss_type: str = "sigmoid",
+             label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+    """DPO and its variants on per-sequence log-probs (all [B]).
+
+    h = (log pi(y_w) - log pi(y_l)) - (log ref(y_w) - log ref(y_l))
+      sigmoid: -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)   (DPO; eps: label smoothing)
+      ipo:     (h - 1 / (2 beta))^2                                          (IPO; pass length-averaged log-probs)
+      hinge:   max(0, 1 - beta h)                                            (SLiC)
+    Implicit rewards are beta * (log pi - log ref) of each side.
+    """
+    if loss_type not in DPO_LOSS_TYPES:
+        raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {loss_type!r}")
+    h = (policy_chosen - policy_rejected) - (ref_chosen - ref_rejected)
+    if loss_type == "sigmoid":
+        losses = (-(1.0 - label_smoothing) * jax.nn.log_sigmoid(beta * h)
+                  - label_smoothing * jax.nn.log_sigmoid(-beta * h))
+    elif loss_type == "ipo":
+        losses = (h - 1.0 / (2.0 * beta)) ** 2
+    else:
+        losses = jax.nn.relu(1.0 - beta * h)
+    chosen_reward = beta * (policy_chosen - ref_chosen)
+    rejected_reward = beta * (policy_rejected - ref_rejected)
+    metrics = {
+        "loss_sum": losses.sum(),
+        "pair_count": jnp.asarray(losses.shape[0], jnp.float32),
+        "chosen_reward_sum": chosen_reward.sum(),
+        "rejected_reward_sum": rejected_reward.sum(),
+        "correct": jnp.sum(chosen_reward > rejected_reward).astype(jnp.float32),
+        "margin_sum": jnp.sum(chosen_reward - rejected_reward),
+    }
+    return losses.mean(), metrics

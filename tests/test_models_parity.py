@@ -122,3 +122,19 @@ def test_kv_cache_prefill_and_decode_match_full_forward(case, tmp_path):
         steps.append(np.asarray(out.logits))
     assert int(cache.index) == 10
     assert max_err_on_valid(np.concatenate(steps, axis=1), full, mask) < 1e-5
+
+
+@pytest.mark.parametrize("case", ["llama-gqa", "gpt2"])
+def test_packed_segments_equal_separate_rows(case, tmp_path):
+    build_hf_model(CASES[case](), tmp_path)
+    model = from_pretrained(tmp_path)
+    rng = np.random.default_rng(0)
+    a, b = rng.integers(3, 97, size=5), rng.integers(3, 97, size=4)
+    packed = np.zeros((1, 12), np.int32)
+    packed[0, :5], packed[0, 5:9] = a, b
+    segments = np.array([[1] * 5 + [2] * 4 + [0] * 3], np.int32)
+    out = np.asarray(model(packed, (segments > 0).astype(np.int32), segment_ids=segments).logits)[0]
+    alone_a = np.asarray(model(a[None], np.ones((1, 5), np.int32)).logits)[0]
+    alone_b = np.asarray(model(b[None], np.ones((1, 4), np.int32)).logits)[0]
+    np.testing.assert_allclose(out[:5], alone_a, atol=1e-5)
+    np.testing.assert_allclose(out[5:9], alone_b, atol=1e-5)

@@ -13,7 +13,7 @@ from jaxrlhf.data import RankedExample, tokenize_ranked
 from jaxrlhf.models import reward_model_from_pretrained
 from jaxrlhf.models.heads import ScalarHeadModel
 from jaxrlhf.sharding import MeshConfig, make_mesh
-from jaxrlhf.stages.rm import stack_micro_batches
+from jaxrlhf.stages.common import stack_micro_batches
 from jaxrlhf.steps.common import (OptimConfig, batch_shardings, init_train_state, make_optimizer,
                                   train_state_shardings)
 from jaxrlhf.steps.rm import rm_train_step

@@ -35,6 +35,23 @@ def as_dtype(dtype) -> Any:
     return dtype
 
 
+def segment_positions_and_mask(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
+    """Positions restarting in each packed segment, and a causal mask within segments.
+
+    segment_ids: [B, T] (0 = padding) -> positions [B, T], mask [B, T, T].
+    """
+    t = segment_ids.shape[1]
+    index = jnp.arange(t, dtype=jnp.int32)
+    starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], dtype=bool),
+                              segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
+    segment_start = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
+    positions = index - segment_start
+    same = segment_ids[:, :, None] == segment_ids[:, None, :]
+    causal = index[None, :] <= index[:, None]
+    mask = same & causal[None] & (segment_ids[:, None, :] > 0)
+    return positions, mask
+
+
 @flax.struct.dataclass
 class CausalLMOutput:
     logits: jax.Array  # [B, T, V] float32
@@ -98,22 +115,31 @@ class CausalLM(nnx.Module):
         raise NotImplementedError
 
     def hidden_states(self, input_ids: jax.Array, attention_mask_: jax.Array,
-                      cache: KVCache | None = None) -> tuple[jax.Array, KVCache | None]:
+                      cache: KVCache | None = None,
+                      segment_ids: jax.Array | None = None) -> tuple[jax.Array, KVCache | None]:
         """Last hidden states ``[B, T, E]`` (after the final norm) and the updated cache.
 
         input_ids: [B, T]; attention_mask_: [B, S] (S = T without a cache, else the cache
         capacity: which slots hold real tokens once this call's tokens are written).
         Positions come from the mask (left padding is allowed): a token's position is the
         number of real tokens before it.
+
+        segment_ids: [B, T] for packed rows (no cache): tokens attend only within their
+        segment (1, 2, ...; 0 = padding) and positions restart at 0 in each segment.
         """
         b, t = input_ids.shape
         index = jnp.zeros((), jnp.int32) if cache is None else cache.index
         key_valid = attention_mask_.astype(bool)
         if cache is None and key_valid.shape[1] != t:
             raise ValueError(f"attention_mask has {key_valid.shape[1]} slots but input_ids {t} tokens")
-        all_positions = jnp.maximum(jnp.cumsum(key_valid, axis=-1, dtype=jnp.int32) - 1, 0)
-        positions = jax.lax.dynamic_slice_in_dim(all_positions, index, t, axis=1)  # [B, T]
-        mask = attention_mask(key_valid, t, index)  # [B, T, S]
+        if segment_ids is not None:
+            if cache is not None:
+                raise ValueError("segment_ids (packed rows) cannot be combined with a KV cache")
+            positions, mask = segment_positions_and_mask(segment_ids)
+        else:
+            all_positions = jnp.maximum(jnp.cumsum(key_valid, axis=-1, dtype=jnp.int32) - 1, 0)
+            positions = jax.lax.dynamic_slice_in_dim(all_positions, index, t, axis=1)  # [B, T]
+            mask = attention_mask(key_valid, t, index)  # [B, T, S]
 
         x = constrain(self.embed(input_ids, positions), BATCH_LEN_EMBED)
 
@@ -133,8 +159,8 @@ class CausalLM(nnx.Module):
         return hidden, new_cache
 
     def __call__(self, input_ids: jax.Array, attention_mask: jax.Array,
-                 cache: KVCache | None = None) -> CausalLMOutput:
+                 cache: KVCache | None = None, segment_ids: jax.Array | None = None) -> CausalLMOutput:
         # input_ids: [B, T]; attention_mask: [B, S] -> logits [B, T, V] (float32)
-        hidden, cache = self.hidden_states(input_ids, attention_mask, cache)
+        hidden, cache = self.hidden_states(input_ids, attention_mask, cache, segment_ids)
         logits = constrain(self.unembed(hidden), ("act_batch", "act_len", "act_vocab"))
         return CausalLMOutput(logits=logits.astype(jnp.float32), hidden=hidden, cache=cache)

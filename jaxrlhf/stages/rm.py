@@ -17,8 +17,8 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxrlhf.config import ConfigError, ModelConfig, save_config
-from jaxrlhf.loop import MetricsLog, Position, TrainConfig, train_loop
+from jaxrlhf.config import ConfigError, ModelConfig
+from jaxrlhf.loop import MetricsLog, TrainConfig, train_loop
 from jaxrlhf.sharding import MeshConfig
 
 log = logging.getLogger(__name__)
@@ -91,115 +91,61 @@ def load_data(cfg: RMConfig, tokenizer):
     return train, eval_, reports
 
 
-def stack_micro_batches(batch: dict[str, np.ndarray], parts: int) -> dict[str, np.ndarray]:
-    """[B, ...] -> [parts, B / parts, ...] (the step's accumulation axis first)."""
-    return {k: v.reshape((parts, v.shape[0] // parts) + v.shape[1:]) for k, v in batch.items()}
-
-
-def pad_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
-    """Pad a short (last) eval batch with fully masked rows, keeping shapes fixed."""
-    n = next(iter(batch.values())).shape[0]
-    if n == rows:
-        return batch
-    return {k: np.concatenate([v, np.zeros((rows - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
-
-
 def run_rm(cfg: RMConfig, *, resume: bool = False) -> dict:
-    from jaxrlhf.checkpoint import Checkpointer
-    from jaxrlhf.data import batches_per_epoch, iterate_batches
     from jaxrlhf.models import load_tokenizer, reward_model_from_pretrained, save_pretrained
     from jaxrlhf.sharding import make_mesh
-    from jaxrlhf.steps.common import (batch_shardings, init_train_state, make_optimizer,
-                                      train_state_shardings)
+    from jaxrlhf.stages.common import (build_train_state, eval_batch_size, eval_batches,
+                                       jit_train_step, prepare_run_dir, restore_or_start,
+                                       stack_micro_batches, steps_per_epoch_for, train_batches,
+                                       with_mesh)
     from jaxrlhf.steps.rm import eval_summary, rm_eval_step, rm_train_step
 
-    out = Path(cfg.output_dir)
-    checkpointer = Checkpointer(out / "checkpoints", keep=cfg.train.keep_checkpoints)
-    if not resume and checkpointer.latest_step() is not None:
-        raise ConfigError(f"{out / 'checkpoints'} already holds checkpoints: pass --resume to "
-                          "continue that run, or choose another output_dir")
-    if jax.process_index() == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-
+    out, checkpointer = prepare_run_dir(cfg, resume=resume, stage="rm")
     mesh = make_mesh(cfg.mesh)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
     train, eval_, reports = load_data(cfg, tokenizer)
     for split, report in reports.items():
         log.info("%s data: %s", split, report.summary())
-    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
-    micro = cfg.train.batch_size // cfg.train.accumulation_steps
-    if micro % data_parallel:
-        raise ConfigError(f"train.batch_size / accumulation ({micro}) must be a multiple of the "
-                          f"data-parallel size data x fsdp = {data_parallel}")
-    steps_per_epoch = batches_per_epoch(len(train), cfg.train.batch_size)
-    if steps_per_epoch == 0:
-        raise ConfigError(f"{len(train)} training prompts are fewer than train.batch_size "
-                          f"{cfg.train.batch_size}")
-    total_steps = cfg.train.total_steps(steps_per_epoch)
+    steps_per_epoch = steps_per_epoch_for(cfg.train, mesh, len(train))
 
     model = reward_model_from_pretrained(cfg.model.path, dtype=cfg.model.dtype,
                                          param_dtype=cfg.model.param_dtype, remat=cfg.model.remat,
                                          mesh=mesh, seed=cfg.seed)
-    graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
-    tx = make_optimizer(cfg.train.optim, total_steps)
-    shardings = train_state_shardings(
-        jax.eval_shape(lambda: init_train_state(params, buffers, tx, cfg.seed)), mesh, tx)
-    with jax.set_mesh(mesh):
-        state = jax.jit(init_train_state, static_argnums=(2, 3), out_shardings=shardings)(
-            params, buffers, tx, cfg.seed)
+    graphdef, state, shardings, tx = build_train_state(
+        model, cfg.train, cfg.train.total_steps(steps_per_epoch), cfg.seed, mesh)
+    state, start = restore_or_start(checkpointer, state, resume=resume)
 
-    start = Position()
-    if resume and checkpointer.latest_step() is not None:
-        state, meta = checkpointer.restore(None, state)
-        start = Position(meta["epoch"], meta["batch"], meta["steps"])
-        log.info("resumed from step %d (epoch %d, batch %d)", start.steps, start.epoch, start.batch)
-    elif resume:
-        log.info("--resume: no checkpoint in %s yet, starting from the beginning", out / "checkpoints")
-
-    accumulation = cfg.train.accumulation_steps
-    example = stack_micro_batches(train.take(np.arange(cfg.train.batch_size)).as_dict(), accumulation)
-    batch_sh = batch_shardings(mesh, example)
-    step = jax.jit(functools.partial(rm_train_step, graphdef=graphdef, tx=tx, margin=cfg.loss.margin,
-                                     center_coef=cfg.loss.center_coef),
-                   in_shardings=(shardings, batch_sh), out_shardings=(shardings, None),
-                   donate_argnums=0)
-
-    def train_step(state, batch):
-        with jax.set_mesh(mesh):
-            return step(state, batch)
-
-    def batches(epoch, start_batch):
-        for _, batch in iterate_batches(train, cfg.train.batch_size, seed=cfg.seed, epoch=epoch,
-                                        start_batch=start_batch):
-            yield jax.device_put(stack_micro_batches(batch, accumulation), batch_sh)
-
-    eval_batch_size = cfg.train.eval_batch_size or micro
-    eval_fn = jax.jit(functools.partial(rm_eval_step, graphdef=graphdef, margin=cfg.loss.margin))
+    example = stack_micro_batches(train.take(np.arange(cfg.train.batch_size)).as_dict(),
+                                  cfg.train.accumulation_steps)
+    step, batch_sh = jit_train_step(
+        functools.partial(rm_train_step, graphdef=graphdef, tx=tx, margin=cfg.loss.margin,
+                          center_coef=cfg.loss.center_coef),
+        state_shardings=shardings, example_batch=example, mesh=mesh)
+    eval_fn = with_mesh(jax.jit(functools.partial(rm_eval_step, graphdef=graphdef,
+                                                  margin=cfg.loss.margin)), mesh)
 
     def evaluate_with_rewards(state):
         sums, rewards = None, []
-        for _, batch in iterate_batches(eval_, eval_batch_size, seed=cfg.seed, epoch=0,
-                                        shuffle=False, drop_last=False):
-            valid = batch["slot_mask"].copy()
-            batch = stack_micro_batches(pad_rows(batch, eval_batch_size), 1)
-            with jax.set_mesh(mesh):
-                part, r = eval_fn(state, jax.device_put(batch, batch_shardings(mesh, batch)))
+        for rows, batch in eval_batches(eval_, eval_batch_size(cfg.train), mesh):
+            part, r = eval_fn(state, batch)
             sums = part if sums is None else jax.tree.map(np.add, sums, part)
-            rewards.append(np.asarray(r)[0][: len(valid)][valid])
+            valid = np.asarray(batch["slot_mask"])[0][:rows]
+            rewards.append(np.asarray(r)[0][:rows][valid])
         return eval_summary(sums), np.concatenate(rewards)
 
     metrics_log = MetricsLog(out)
     try:
         state, position, last_eval = train_loop(
-            state=state, train_step=train_step, batches=batches, steps_per_epoch=steps_per_epoch,
-            config=cfg.train, start=start, checkpointer=checkpointer,
+            state=state, train_step=step,
+            batches=train_batches(train, cfg.train, seed=cfg.seed, batch_sh=batch_sh),
+            steps_per_epoch=steps_per_epoch, config=cfg.train, start=start,
+            checkpointer=checkpointer,
             evaluate=(lambda s: evaluate_with_rewards(s)[0]) if eval_ is not None else None,
             metrics_log=metrics_log, desc="rm")
     finally:
         metrics_log.close()
 
-    # reward normalisation: rewards on the eval set (or train set) get mean 0 and std 1
+    # reward normalisation: rewards on the eval set get mean 0 and std 1
     if eval_ is not None:
         _, rewards = evaluate_with_rewards(state)
     else:

@@ -1,0 +1,325 @@
+"""SFT data: read local files, clean with a report, tokenise with a loss mask, pack.
+
+``load_sft_data(["a.jsonl"])`` returns ``(examples, report)`` like
+:func:`~jaxrlhf.data.preference.load_preference_data`, from the same file types (.jsonl,
+.json, .parquet, a ``save_to_disk`` folder) and with the same strict mode and
+``FILE:LINE: reason (field 'x'): detail`` messages. Row formats, detected per row from the
+keys whose values are not null:
+
+* prompt/response: ``{"prompt": str, "response": str | [str]}`` (``completion`` is an alias
+  of ``response``); only the response is trained;
+* conversation: ``{"messages": [{"role", "content"}, ...]}``, rendered with the tokenizer's
+  chat template; only the LAST assistant message is trained (see :func:`_conversation`);
+* plain text: ``{"text": str}``: an empty prompt, the whole text is trained.
+
+:func:`tokenize_sft` makes ``[N, T]`` arrays with the truncation policy of
+:func:`~jaxrlhf.data.tokenize.tokenize_ranked`; :func:`pack_sft` packs them into fewer rows.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+import os
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from jaxrlhf.data.preference import (CleanReport, DataError, _adds_bos, _Bad, _first_present, _messages,
+                                     _prompt_text, _read_rows, _response_text, _type)
+from jaxrlhf.data.tokenize import _fit_prompt, _split_special, pad_id_of
+
+# Every reason an SFT row can be skipped for; the preference reasons that fit, plus one.
+SFT_SKIP_REASONS = (
+    "invalid JSON", "not an object", "unknown format", "missing prompt", "empty prompt",
+    "bad prompt type", "empty response", "bad response type", "chat template mismatch", "bad messages",
+)
+
+_RESPONSE_KEYS = ("response", "completion")
+
+
+@dataclasses.dataclass(frozen=True)
+class SFTExample:
+    prompt: str  # text given to the tokenizer as the prompt; "" for plain-text rows
+    response: str  # the trained part
+    source: str  # file path
+    line: int  # 1-based line (JSONL) or 1-based element / row index (array, parquet, dataset)
+
+
+class _Skip(_Bad):
+    """A skipped row, as ``_Bad`` (same message format), with the SFT reasons allowed."""
+
+    def __init__(self, reason: str, field: str | None = None, detail: str = ""):
+        assert reason in SFT_SKIP_REASONS, reason
+        Exception.__init__(self, reason)  # _Bad.__init__ only admits the preference reasons
+        self.reason, self.field, self.detail = reason, field, detail
+
+
+# --------------------------------------------------------------------------- rows
+
+
+def _prompt_response(row: dict) -> tuple[str, str]:
+    prompt = _prompt_text(row)
+    key = _first_present(row, _RESPONSE_KEYS)
+    if row.get(key) is None:
+        raise _Skip("empty response", key, "no 'response' or 'completion' field")
+    return prompt, _response_text(row[key], key)
+
+
+def _text(row: dict) -> tuple[str, str]:
+    return "", _response_text(row["text"], "text")
+
+
+def _render_turn(tokenizer, prompt: list[dict], full: list[dict], field: str) -> tuple[str, str]:
+    """``(prompt_text, response_text)``: ``full`` rendered minus ``prompt`` rendered with the
+    generation prompt, in the plain-row convention the tokenisers rely on (as preference.py's
+    conversations): a leading BOS string is dropped when the tokenizer adds BOS itself, and a
+    trailing EOS string is dropped because EOS is appended as a token (else both appear twice).
+    """
+    import jinja2
+
+    try:
+        prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
+        text = tokenizer.apply_chat_template(full, tokenize=False)
+    except (jinja2.TemplateError, ValueError) as e:  # templates raise on roles they reject
+        raise _Skip("chat template mismatch", None, f"the chat template failed: {e}") from None
+    if not text.startswith(prompt_text):
+        raise _Skip("chat template mismatch", field, "the rendered conversation does not start with the "
+                    "rendered prompt (add_generation_prompt=True)")
+    text = text[len(prompt_text):]
+    eos = getattr(tokenizer, "eos_token", None)
+    if eos and text.rstrip().endswith(eos):
+        text = text.rstrip()[:-len(eos)]
+    if not text.strip():
+        raise _Skip("empty response", field)
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and prompt_text.startswith(bos) and _adds_bos(tokenizer):
+        prompt_text = prompt_text[len(bos):]
+    return prompt_text, text
+
+
+def _conversation(row: dict, tokenizer, where: str) -> tuple[str, str]:
+    """Render a ``messages`` row as ``(prompt, response)`` text around its last assistant turn.
+
+    With ``i`` the index of the last assistant message, the prompt is ``messages[:i]``
+    rendered with ``add_generation_prompt=True`` and the response is the rendering of
+    ``messages[:i + 1]`` minus that prompt. Earlier assistant turns are context, not
+    trained (one row trains one answer; split a dialogue into rows to train every turn);
+    messages after the last assistant turn are dropped.
+    """
+    if tokenizer is None:
+        raise DataError(f"{where}: conversational rows (lists of messages) need a tokenizer with a chat "
+                        "template; pass tokenizer= to load_sft_data")
+    if getattr(tokenizer, "chat_template", None) is None:
+        raise DataError(f"{where}: conversational rows need a chat template, and the tokenizer has none")
+    try:
+        messages = _messages(row["messages"], "messages", "bad prompt type")
+    except _Bad as bad:  # same checks and detail, counted under the SFT reason
+        raise _Skip("bad messages", bad.field, bad.detail) from None
+    last = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "assistant"), None)
+    if last is None:
+        raise _Skip("bad messages", "messages", "no assistant message")
+    if not "".join(m["content"] for m in messages[:last]).strip():
+        raise _Skip("empty prompt", "messages", "no message before the answer")
+    if not messages[last]["content"].strip():
+        raise _Skip("empty response", f"messages[{last}]")
+    return _render_turn(tokenizer, messages[:last], messages[:last + 1], "messages")
+
+
+def _parse_sft_row(row: Any, tokenizer, where: str) -> tuple[str, str]:
+    """``(prompt, response)`` of one row; raises ``_Bad`` (a skip reason) or DataError."""
+    if not isinstance(row, dict):
+        raise _Skip("not an object", None, f"got {_type(row)}")
+    present = {k for k, v in row.items() if v is not None}
+    if "messages" in present:
+        return _conversation(row, tokenizer, where)
+    if present & {"prompt", *_RESPONSE_KEYS}:
+        return _prompt_response(row)
+    if "text" in present:
+        return _text(row)
+    raise _Skip("unknown format", None, f"keys {sorted(map(str, row))[:8]}; expected prompt + response, "
+                "messages, or text")
+
+
+def load_sft_data(paths: str | os.PathLike | list, *, tokenizer=None,
+                  strict: bool = False) -> tuple[list[SFTExample], CleanReport]:
+    """Load and clean every file in ``paths`` (in order) into SFT examples.
+
+    Unusable rows are skipped and counted in ``report.skipped`` by reason (the strings in
+    ``SFT_SKIP_REASONS``), or with ``strict=True`` the first one raises :class:`DataError`.
+    A missing path, an unreadable file, a ``messages`` row without a tokenizer (or chat
+    template), or a file with no usable row raises :class:`DataError` in both modes.
+    """
+    # the loop of load_preference_data, with the SFT row parser
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not paths:
+        raise DataError("no SFT data files given")
+    report, examples = CleanReport(), []
+    for path in map(str, paths):
+        part = CleanReport()
+        for line, row in _read_rows(path):
+            part.total += 1
+            where = f"{path}:{line}"
+            try:
+                if isinstance(row, _Bad):
+                    raise row  # the reader's "invalid JSON"
+                prompt, response = _parse_sft_row(row, tokenizer, where)
+            except _Bad as bad:
+                if strict:
+                    raise DataError(bad.message(where)) from None
+                part.skipped[bad.reason] += 1
+                continue
+            examples.append(SFTExample(prompt, response, path, line))
+            part.kept += 1
+        if part.kept == 0:
+            raise DataError(f"{path}: no usable rows ({part.summary()})")
+        report.merge(part)
+    return examples, report
+
+
+# --------------------------------------------------------------------------- tokenisation
+
+
+@dataclasses.dataclass
+class SFTArrays:
+    input_ids: np.ndarray  # [N, T] int32, right-padded with the pad id
+    attention_mask: np.ndarray  # [N, T] int32, 1 = real token
+    loss_mask: np.ndarray  # [N, T] int32, 1 where token t is a target (predicted from t - 1)
+    segment_ids: np.ndarray  # [N, T] int32, 1..n = packed example in the row, 0 = padding
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def take(self, index: np.ndarray) -> SFTArrays:
+        """The rows at ``index`` (a copy), e.g. one batch or one split."""
+        index = np.asarray(index, dtype=np.int64)
+        return SFTArrays(*(getattr(self, f.name)[index] for f in dataclasses.fields(self)))
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        # not dataclasses.asdict: that deep-copies every array
+        return {f.name: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def tokenize_prompt_responses(prompts: Sequence[str], responses: Sequence[Sequence[str]], tokenizer, *,
+                              max_length: int, min_prompt_tokens: int | None, append_eos: bool,
+                              report: CleanReport | None) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """``(input_ids, attention_mask, loss_mask)``, each ``[N, K, max_length]`` int32, for N
+    prompts with K responses each, laid out and truncated exactly as ``tokenize_ranked``.
+
+    ``loss_mask`` is 1 on the response tokens and the appended EOS (what survives
+    truncation), 0 on the prompt, padding and always position 0, which nothing predicts (it
+    matters for an empty prompt with a tokenizer that adds no BOS).
+    """
+    # input_ids, attention_mask, loss_mask: [N, K, T]
+    n, t = len(prompts), max_length
+    if n == 0:
+        raise ValueError("no examples to tokenise")
+    k = len(responses[0])
+    assert all(len(r) == k for r in responses), "every prompt needs the same number of responses"
+    min_prompt = max_length // 4 if min_prompt_tokens is None else min_prompt_tokens
+    if max_length < 2 or not 0 <= min_prompt < max_length:
+        raise ValueError(f"need max_length >= 2 and 0 <= min_prompt_tokens < max_length, "
+                         f"got {max_length} and {min_prompt}")
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    eos = [int(eos_id)] if append_eos and eos_id is not None else []
+    prompts = list(prompts)
+    # Batched calls: the fast tokenizer does the whole list in Rust.
+    with_special = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    plain = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    flat = tokenizer([r for rs in responses for r in rs], add_special_tokens=False)["input_ids"]
+
+    input_ids = np.full((n, k, t), pad_id_of(tokenizer), np.int32)
+    attention_mask = np.zeros((n, k, t), np.int32)
+    loss_mask = np.zeros((n, k, t), np.int32)
+    counts = collections.Counter()
+    for i in range(n):
+        parts = _split_special(list(with_special[i]), list(plain[i]))
+        if len(parts[0]) + len(parts[2]) >= t:
+            raise ValueError(f"max_length={t} leaves no room beside the tokenizer's special tokens")
+        seqs = [list(ids) + eos for ids in flat[i * k:(i + 1) * k]]
+        # cut once, for the longest response, so every response sees the same prompt tokens
+        prompt, cut = _fit_prompt(parts, max(map(len, seqs)), t, min_prompt)
+        if cut:
+            counts["prompt_truncated"] += 1
+        for j, response in enumerate(seqs):
+            room = t - len(prompt)
+            if len(response) > room:
+                counts["response_truncated"] += 1
+                response = response[:room]
+            seq = prompt + response
+            input_ids[i, j, :len(seq)] = seq
+            attention_mask[i, j, :len(seq)] = 1
+            loss_mask[i, j, len(prompt):len(seq)] = 1
+    loss_mask[..., 0] = 0
+    if report is not None:
+        report.truncated.update(counts)
+    return input_ids, attention_mask, loss_mask
+
+
+def tokenize_sft(examples: Sequence[SFTExample], tokenizer, *, max_length: int,
+                 min_prompt_tokens: int | None = None, append_eos: bool = True,
+                 report: CleanReport | None = None) -> SFTArrays:
+    """Tokenise SFT examples into ``[N, max_length]`` arrays, one example per row.
+
+    A sequence is ``tokenizer(prompt)`` (with special tokens, so BOS when the tokenizer adds
+    one) + ``tokenizer(response, add_special_tokens=False)`` + ``[eos_token_id]`` (if
+    ``append_eos``), truncated as ``tokenize_ranked`` does: the prompt is cut from the left
+    down to ``min_prompt_tokens`` (default ``max_length // 4``) keeping its special tokens,
+    then the response from the right (losing its EOS). ``report.truncated`` counts
+    ``'prompt_truncated'`` and ``'response_truncated'`` per example.
+
+    ``loss_mask`` marks the response tokens and the EOS: a plain-text row (empty prompt)
+    trains everything after the special prefix.
+    """
+    # input_ids, attention_mask, loss_mask, segment_ids: [N, T]
+    examples = list(examples)
+    if not examples:
+        raise ValueError("tokenize_sft: no examples")
+    input_ids, attention_mask, loss_mask = tokenize_prompt_responses(
+        [ex.prompt for ex in examples], [[ex.response] for ex in examples], tokenizer,
+        max_length=max_length, min_prompt_tokens=min_prompt_tokens, append_eos=append_eos, report=report)
+    attention_mask = attention_mask[:, 0]
+    return SFTArrays(input_ids[:, 0], attention_mask, loss_mask[:, 0], attention_mask.copy())
+
+
+def pack_sft(arrays: SFTArrays, *, pad_id: int | None = None) -> SFTArrays:
+    """Pack the real tokens of right-padded rows into as few rows of the same length T.
+
+    Next-fit, in order: each example goes whole into the current row if it fits, else starts
+    a new one, so no example is split and the result depends only on the input.
+    ``segment_ids`` number the examples of a row 1..n (0 = padding). The first token of
+    every example keeps ``loss_mask`` 0 (nothing in its own segment predicts it), so with a
+    model that isolates segments the loss over packed rows equals the loss unpacked.
+    ``pad_id`` defaults to the value at a padded position of the input (else 0).
+    """
+    # input_ids, attention_mask, loss_mask, segment_ids: [N', T], N' <= N
+    n, t = arrays.input_ids.shape
+    lengths = arrays.attention_mask.sum(-1)
+    if pad_id is None:
+        padded = arrays.input_ids[arrays.attention_mask == 0]
+        pad_id = int(padded[0]) if padded.size else 0
+    starts, rows, used = [], -1, t  # (packed row, column) of each non-empty example
+    for length in lengths.tolist():
+        if length == 0:
+            starts.append(None)
+            continue
+        if used + length > t:
+            rows, used = rows + 1, 0
+        starts.append((rows, used))
+        used += length
+    m = rows + 1
+    out = SFTArrays(np.full((m, t), pad_id, np.int32), np.zeros((m, t), np.int32),
+                    np.zeros((m, t), np.int32), np.zeros((m, t), np.int32))
+    segment = np.zeros(max(m, 1), np.int32)
+    for i, (start, length) in enumerate(zip(starts, lengths.tolist())):
+        if start is None:
+            continue
+        r, c = start
+        segment[r] += 1
+        out.input_ids[r, c:c + length] = arrays.input_ids[i, :length]
+        out.attention_mask[r, c:c + length] = 1
+        out.loss_mask[r, c:c + length] = arrays.loss_mask[i, :length]
+        out.loss_mask[r, c] = 0  # predicted from the previous example's last token otherwise
+        out.segment_ids[r, c:c + length] = segment[r]
+    return out

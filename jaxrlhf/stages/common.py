@@ -1,0 +1,146 @@
+"""Set-up every training stage shares: run folder, train state on the mesh, resume,
+jitted steps with explicit shardings, device batches from a data position."""
+
+from __future__ import annotations
+
+import functools
+import logging
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import jax
+import numpy as np
+from flax import nnx
+from jax.sharding import Mesh
+
+from jaxrlhf.config import ConfigError, save_config
+from jaxrlhf.loop import Position, TrainConfig
+
+log = logging.getLogger(__name__)
+
+
+def prepare_run_dir(cfg, *, resume: bool, stage: str):
+    """The run folder and its checkpointer; refuses to overwrite a run without --resume."""
+    from jaxrlhf.checkpoint import Checkpointer
+
+    out = Path(cfg.output_dir)
+    checkpointer = Checkpointer(out / "checkpoints", keep=cfg.train.keep_checkpoints)
+    if not resume and checkpointer.latest_step() is not None:
+        raise ConfigError(f"{out / 'checkpoints'} already holds checkpoints: pass --resume to "
+                          "continue that run, or choose another output_dir")
+    if jax.process_index() == 0:
+        out.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, out / "config.yaml")
+        (out / "stage").write_text(stage + "\n")
+    return out, checkpointer
+
+
+def steps_per_epoch_for(train_cfg: TrainConfig, mesh: Mesh, num_rows: int) -> int:
+    from jaxrlhf.data import batches_per_epoch
+
+    data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
+    micro = train_cfg.batch_size // train_cfg.accumulation_steps
+    if micro % data_parallel:
+        raise ConfigError(f"train.batch_size / accumulation ({micro}) must be a multiple of the "
+                          f"data-parallel size data x fsdp = {data_parallel}")
+    steps = batches_per_epoch(num_rows, train_cfg.batch_size)
+    if steps == 0:
+        raise ConfigError(f"{num_rows} training rows are fewer than train.batch_size {train_cfg.batch_size}")
+    return steps
+
+
+def build_train_state(model: nnx.Module, train_cfg: TrainConfig, total_steps: int, seed: int,
+                      mesh: Mesh):
+    """(graphdef, state, state shardings, optimizer) with the state materialised sharded."""
+    from jaxrlhf.steps.common import init_train_state, make_optimizer, train_state_shardings
+
+    graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
+    tx = make_optimizer(train_cfg.optim, total_steps)
+    shardings = train_state_shardings(
+        jax.eval_shape(lambda: init_train_state(params, buffers, tx, seed)), mesh, tx)
+    with jax.set_mesh(mesh):
+        state = jax.jit(init_train_state, static_argnums=(2, 3), out_shardings=shardings)(
+            params, buffers, tx, seed)
+    return graphdef, state, shardings, tx
+
+
+def restore_or_start(checkpointer, state, *, resume: bool) -> tuple[Any, Position]:
+    if resume and checkpointer.latest_step() is not None:
+        state, meta = checkpointer.restore(None, state)
+        start = Position(meta["epoch"], meta["batch"], meta["steps"])
+        log.info("resumed from step %d (epoch %d, batch %d)", start.steps, start.epoch, start.batch)
+        return state, start
+    if resume:
+        log.info("--resume: no checkpoint in %s yet, starting from the beginning", checkpointer.directory)
+    return state, Position()
+
+
+def stack_micro_batches(batch: dict[str, np.ndarray], parts: int) -> dict[str, np.ndarray]:
+    """[B, ...] -> [parts, B / parts, ...] (the step's accumulation axis first)."""
+    return {k: v.reshape((parts, v.shape[0] // parts) + v.shape[1:]) for k, v in batch.items()}
+
+
+def pad_rows(batch: dict[str, np.ndarray], rows: int) -> dict[str, np.ndarray]:
+    """Pad a short (last) eval batch with all-zero (fully masked) rows, keeping shapes fixed."""
+    n = next(iter(batch.values())).shape[0]
+    if n == rows:
+        return batch
+    return {k: np.concatenate([v, np.zeros((rows - n,) + v.shape[1:], v.dtype)]) for k, v in batch.items()}
+
+
+def jit_train_step(step_fn: Callable, *, state_shardings, example_batch: dict, mesh: Mesh,
+                   frozen: Any = None, frozen_shardings: Any = None):
+    """Jit ``step_fn(state, batch)`` or ``step_fn(state, frozen, batch)`` with explicit
+    shardings and the state donated; returns (step(state, batch), batch shardings)."""
+    from jaxrlhf.steps.common import batch_shardings
+
+    batch_sh = batch_shardings(mesh, example_batch)
+    if frozen is None:
+        jitted = jax.jit(step_fn, in_shardings=(state_shardings, batch_sh),
+                         out_shardings=(state_shardings, None), donate_argnums=0)
+        call = jitted
+    else:
+        jitted = jax.jit(step_fn, in_shardings=(state_shardings, frozen_shardings, batch_sh),
+                         out_shardings=(state_shardings, None), donate_argnums=0)
+        call = lambda state, batch: jitted(state, frozen, batch)
+
+    def step(state, batch):
+        with jax.set_mesh(mesh):
+            return call(state, batch)
+
+    return step, batch_sh
+
+
+def train_batches(data, train_cfg: TrainConfig, *, seed: int, batch_sh) -> Callable[[int, int], Iterator]:
+    from jaxrlhf.data import iterate_batches
+
+    def batches(epoch: int, start_batch: int):
+        for _, batch in iterate_batches(data, train_cfg.batch_size, seed=seed, epoch=epoch,
+                                        start_batch=start_batch):
+            yield jax.device_put(stack_micro_batches(batch, train_cfg.accumulation_steps), batch_sh)
+
+    return batches
+
+
+def eval_batches(data, batch_size: int, mesh: Mesh) -> Iterator[tuple[int, dict]]:
+    """(rows in the batch, device batch [1, batch_size, ...]) over the whole set, in order."""
+    from jaxrlhf.data import iterate_batches
+    from jaxrlhf.steps.common import batch_shardings
+
+    for _, batch in iterate_batches(data, batch_size, seed=0, epoch=0, shuffle=False, drop_last=False):
+        rows = next(iter(batch.values())).shape[0]
+        batch = stack_micro_batches(pad_rows(batch, batch_size), 1)
+        yield rows, jax.device_put(batch, batch_shardings(mesh, batch))
+
+
+def eval_batch_size(train_cfg: TrainConfig) -> int:
+    return train_cfg.eval_batch_size or train_cfg.batch_size // train_cfg.accumulation_steps
+
+
+def with_mesh(fn: Callable, mesh: Mesh) -> Callable:
+    @functools.wraps(fn)
+    def wrapped(*args, **kwargs):
+        with jax.set_mesh(mesh):
+            return fn(*args, **kwargs)
+    return wrapped
