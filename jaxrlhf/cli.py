@@ -8,6 +8,7 @@ line and exit with status 2; they never end in a traceback.
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import math
 import os
@@ -28,7 +29,9 @@ save transformers folders (safetensors).
 
 EPILOG = """\
 commands available in this version:
+  sft          supervised fine-tuning (loss on response tokens only)
   rm           train a reward model on ranked answers (K-wise ranking loss)
+  dpo          direct preference optimisation against a frozen reference
   export       write a training run's checkpoint as a transformers folder
   init-model   create a randomly initialised model (sharded on the mesh) and save it
                as a Hugging Face folder
@@ -156,48 +159,76 @@ def run_inspect(args) -> int:
     return 0 if finite else 1
 
 
-# --------------------------------------------------------------------------- rm
+# --------------------------------------------------------------------------- training stages
+
+STAGES = {
+    # name: (module, config class, run function, help, description, metric names for the summary)
+    "sft": ("jaxrlhf.stages.sft", "SFTConfig", "run_sft",
+            "supervised fine-tuning (loss on response tokens only)",
+            "Fine-tune a causal LM on prompt/response, chat (messages) or plain-text data; the loss "
+            "covers response tokens only, averaged exactly over the batch. Optional packing. Writes "
+            "checkpoints, TensorBoard scalars, results.json and final/ (a transformers folder).",
+            ("loss", "perplexity")),
+    "rm": ("jaxrlhf.stages.rm", "RMConfig", "run_rm",
+           "train a reward model on ranked answers (K-wise ranking loss)",
+           "Train a reward model (the LM with a scalar head) on prompts with K ranked answers: one "
+           "forward per answer, all C(K,2) ordered pairs from the [B, K] reward matrix. Writes "
+           "checkpoints, TensorBoard scalars, results.json and final/ (a transformers "
+           "*ForSequenceClassification folder).",
+           ("loss", "pair_accuracy", "top1_accuracy")),
+    "dpo": ("jaxrlhf.stages.dpo", "DPOConfig", "run_dpo",
+            "direct preference optimisation against a frozen reference",
+            "Train a policy with DPO (sigmoid, ipo or hinge loss) on pairs or ranked lists turned "
+            "into pairs, against a frozen reference (default: the starting policy). Writes "
+            "checkpoints, TensorBoard scalars, results.json and final/ (a transformers folder).",
+            ("loss", "reward_accuracy", "margin")),
+}
 
 
-def add_rm(sub) -> None:
-    p = sub.add_parser(
-        "rm", help="train a reward model on ranked answers (K-wise ranking loss)",
-        description="Train a reward model (the LM with a scalar head) on prompts with K ranked "
-                    "answers: one forward per answer, all C(K,2) ordered pairs from the [B, K] "
-                    "reward matrix. Writes checkpoints, TensorBoard scalars, results.json and the "
-                    "final model (a transformers *ForSequenceClassification folder) to output_dir.",
-        epilog="example: jaxrlhf rm --config configs/rm/tiny.yaml --set train.epochs=2")
-    _add_config_args(p)
-    p.add_argument("--resume", action="store_true",
-                   help="continue from the latest complete checkpoint in output_dir")
-    p.set_defaults(run=run_rm_command)
+def _stage_adder(name: str):
+    _, _, _, help_, description, _ = STAGES[name]
+
+    def add(sub) -> None:
+        p = sub.add_parser(name, help=help_, description=description,
+                           epilog=f"example: jaxrlhf {name} --config configs/{name}/example.yaml "
+                                  "--set train.epochs=2")
+        _add_config_args(p)
+        p.add_argument("--resume", action="store_true",
+                       help="continue from the latest complete checkpoint in output_dir")
+        p.set_defaults(run=functools.partial(run_stage, name))
+    return add
 
 
-def run_rm_command(args) -> int:
+def run_stage(name: str, args) -> int:
+    import importlib
+
     from jaxrlhf.config import load_config
-    from jaxrlhf.stages.rm import RMConfig, run_rm
 
-    cfg = load_config(RMConfig, args.config, args.overrides)
-    cfg = _resolve_files(cfg, args.config)
-    results = run_rm(cfg, resume=args.resume)
+    module_name, config_name, run_name, _, _, metrics = STAGES[name]
+    module = importlib.import_module(module_name)
+    cfg = _resolve_files(load_config(getattr(module, config_name), args.config, args.overrides),
+                         args.config)
+    results = getattr(module, run_name)(cfg, resume=args.resume)
     ev = results.get("eval") or {}
-    summary = ", ".join(f"{k} {ev[k]:.4f}" for k in ("loss", "pair_accuracy", "top1_accuracy") if k in ev)
-    print(f"reward model: {results['steps']} steps; eval {summary or 'n/a'}; "
-          f"saved to {results['final_model']}")
+    summary = ", ".join(f"{k} {ev[k]:.4f}" for k in metrics if k in ev)
+    print(f"{name}: {results['steps']} steps; eval {summary or 'n/a'}; saved to {results['final_model']}")
     return 0
 
 
 def _resolve_files(cfg, config_file):
-    """Data and model paths in a config are relative to the working directory, or else to
-    the config file's folder."""
+    """Data, model and tokenizer paths in a config are relative to the working directory,
+    or else to the config file's folder."""
     import dataclasses
 
     from jaxrlhf.config import resolve_path
     fix = lambda p: str(resolve_path(p, config_file)) if p else p
     data = dataclasses.replace(cfg.data, train_files=tuple(map(fix, cfg.data.train_files)),
                                eval_files=tuple(map(fix, cfg.data.eval_files)))
-    model = dataclasses.replace(cfg.model, path=fix(cfg.model.path))
-    return dataclasses.replace(cfg, data=data, model=model, tokenizer=fix(cfg.tokenizer))
+    model = dataclasses.replace(cfg.model, path=fix(cfg.model.path), arch=fix(cfg.model.arch))
+    cfg = dataclasses.replace(cfg, data=data, model=model, tokenizer=fix(cfg.tokenizer))
+    if getattr(cfg, "reference_path", None):
+        cfg = dataclasses.replace(cfg, reference_path=fix(cfg.reference_path))
+    return cfg
 
 
 # --------------------------------------------------------------------------- export
@@ -207,7 +238,8 @@ def add_export(sub) -> None:
     p = sub.add_parser(
         "export", help="write a training run's model as a transformers folder",
         description="Export a run's checkpoint (default: the latest complete one) as a Hugging "
-                    "Face folder: a reward model as *ForSequenceClassification (num_labels=1).")
+                    "Face folder: a policy (sft, dpo) as *ForCausalLM, a reward model as "
+                    "*ForSequenceClassification (num_labels=1).")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a training run")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
@@ -253,7 +285,8 @@ def _fmt_bytes(n: float) -> str:
     return f"{n}"
 
 
-COMMANDS = (add_rm, add_export, add_init_model, add_inspect)
+COMMANDS = (_stage_adder("sft"), _stage_adder("rm"), _stage_adder("dpo"), add_export,
+            add_init_model, add_inspect)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -130,14 +130,15 @@ DPO_LOSS_TYPES = ("sigmoid", "ipo", "hinge")
 
 def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: jax.Array,
              ref_rejected: jax.Array, *, beta: float = 0.1, loss_type: str = "sigmoid",
-             label_smoothing: float = 0.0) -> tuple[jax.Array, dict]:
+             label_smoothing: float = 0.0, weights: jax.Array | None = None) -> tuple[jax.Array, dict]:
     """DPO and its variants on per-sequence log-probs (all [B]).
 
     h = (log pi(y_w) - log pi(y_l)) - (log ref(y_w) - log ref(y_l))
       sigmoid: -(1 - eps) log sigmoid(beta h) - eps log sigmoid(-beta h)   (DPO; eps: label smoothing)
       ipo:     (h - 1 / (2 beta))^2                                          (IPO; pass length-averaged log-probs)
       hinge:   max(0, 1 - beta h)                                            (SLiC)
-    Implicit rewards are beta * (log pi - log ref) of each side.
+    Implicit rewards are beta * (log pi - log ref) of each side. ``weights`` [B] (0/1)
+    leaves padding pairs out of the loss and every sum.
     """
     if loss_type not in DPO_LOSS_TYPES:
         raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {loss_type!r}")
@@ -149,14 +150,15 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: j
         losses = (h - 1.0 / (2.0 * beta)) ** 2
     else:
         losses = jax.nn.relu(1.0 - beta * h)
+    w = jnp.ones_like(losses) if weights is None else weights.astype(losses.dtype)
     chosen_reward = beta * (policy_chosen - ref_chosen)
     rejected_reward = beta * (policy_rejected - ref_rejected)
     metrics = {
-        "loss_sum": losses.sum(),
-        "pair_count": jnp.asarray(losses.shape[0], jnp.float32),
-        "chosen_reward_sum": chosen_reward.sum(),
-        "rejected_reward_sum": rejected_reward.sum(),
-        "correct": jnp.sum(chosen_reward > rejected_reward).astype(jnp.float32),
-        "margin_sum": jnp.sum(chosen_reward - rejected_reward),
+        "loss_sum": jnp.sum(losses * w),
+        "pair_count": w.sum(),
+        "chosen_reward_sum": jnp.sum(chosen_reward * w),
+        "rejected_reward_sum": jnp.sum(rejected_reward * w),
+        "correct": jnp.sum((chosen_reward > rejected_reward) * w),
+        "margin_sum": jnp.sum((chosen_reward - rejected_reward) * w),
     }
-    return losses.mean(), metrics
+    return metrics["loss_sum"] / jnp.maximum(metrics["pair_count"], 1.0), metrics

@@ -77,3 +77,25 @@ train:
     path = tmp_path / "rm.yaml"
     path.write_text(text)
     return str(path)
+
+
+def copy_rows(n: int, seed: int = 0) -> list[dict]:
+    """SFT rows: the answer copies the letters after 'q: '."""
+    rng = np.random.default_rng(seed)
+    letters = list("abcdefghijklmnopqrstuvwxy")
+    rows = []
+    for _ in range(n):
+        word = "".join(rng.choice(letters, size=rng.integers(3, 7)))
+        rows.append({"prompt": f"q: {word} ", "response": word})
+    return rows
+
+
+def copy_pairs(n: int, seed: int = 0) -> list[dict]:
+    """DPO pairs: chosen copies the word, rejected is other letters of the same length."""
+    rng = np.random.default_rng(seed)
+    rows = []
+    for row in copy_rows(n, seed):
+        word = row["response"]
+        other = "".join(rng.choice(list("abcdefghijklmnopqrstuvwxy"), size=len(word)))
+        rows.append({"prompt": row["prompt"], "chosen": word, "rejected": other})
+    return rows

@@ -15,7 +15,14 @@ def _rm_config():
     return RMConfig
 
 
-RUN_CONFIG_DIRS = {"init": lambda: RunConfig, "rm": _rm_config}
+def _stage_config(module, name):
+    import importlib
+    return lambda: getattr(importlib.import_module(module), name)
+
+
+RUN_CONFIG_DIRS = {"init": lambda: RunConfig, "rm": _rm_config,
+                   "sft": _stage_config("jaxrlhf.stages.sft", "SFTConfig"),
+                   "dpo": _stage_config("jaxrlhf.stages.dpo", "DPOConfig")}
 
 
 def all_configs():

@@ -41,7 +41,7 @@ def test_learns_held_out_rankings(model_dir, tmp_path, capsys):
     gain, bias = np.asarray(rm.normalization.get_value())
     norm = results["reward_normalization"]
     np.testing.assert_allclose([gain, bias], [norm["gain"], norm["bias"]], rtol=1e-6)
-    assert "reward model: " in capsys.readouterr().out
+    assert "rm: " in capsys.readouterr().out
 
 
 def _final_params(run_dir):

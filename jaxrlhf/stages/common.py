@@ -144,3 +144,35 @@ def with_mesh(fn: Callable, mesh: Mesh) -> Callable:
         with jax.set_mesh(mesh):
             return fn(*args, **kwargs)
     return wrapped
+
+
+class Table:
+    """Named arrays sharing their first dimension (rows), batched like the data arrays."""
+
+    def __init__(self, columns: dict[str, np.ndarray]):
+        self.columns = dict(columns)
+
+    def __len__(self) -> int:
+        return next(iter(self.columns.values())).shape[0]
+
+    def take(self, index) -> "Table":
+        index = np.asarray(index, dtype=np.int64)
+        return Table({k: v[index] for k, v in self.columns.items()})
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return dict(self.columns)
+
+
+def load_policy(model_cfg, *, mesh: Mesh, seed: int):
+    """The causal LM to train: from model.path (an HF folder), or a random init of model.arch."""
+    from jaxrlhf.config import read_yaml
+    from jaxrlhf.models import config_from_hf, create_model, from_pretrained
+
+    common = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, remat=model_cfg.remat,
+                  mesh=mesh)
+    if model_cfg.path:
+        return from_pretrained(model_cfg.path, **common)
+    if model_cfg.arch:
+        arch = config_from_hf(read_yaml(model_cfg.arch), strict=True, source=str(model_cfg.arch))
+        return create_model(arch, seed=seed, **common)
+    raise ConfigError("set model.path (a Hugging Face folder) or model.arch (an architecture YAML)")

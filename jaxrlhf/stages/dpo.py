@@ -1,0 +1,189 @@
+"""``jaxrlhf dpo``: direct preference optimisation against a frozen reference policy.
+
+Pairs come from pair data or from ranked lists (best vs worst, or all ordered pairs).
+The reference (default: the starting policy) is a separate, never-differentiated
+parameter tree; its log-probs are computed in the step, or once for the whole dataset
+with ``loss.precompute_reference`` (then the reference is not kept in memory).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+
+import jax
+import numpy as np
+from flax import nnx
+
+from jaxrlhf.config import ConfigError, ModelConfig
+from jaxrlhf.loop import MetricsLog, TrainConfig, train_loop
+from jaxrlhf.sharding import MeshConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DPODataConfig:
+    train_files: tuple[str, ...] = ()
+    eval_files: tuple[str, ...] = ()
+    eval_fraction: float = 0.1
+    max_length: int = 512
+    min_prompt_tokens: int = 0
+    append_eos: bool = True
+    pairs: str = "best_vs_worst"  # how ranked lists become pairs: best_vs_worst | all_pairs
+    strict: bool = False
+
+    def __post_init__(self):
+        if self.pairs not in ("best_vs_worst", "all_pairs"):
+            raise ValueError(f"pairs must be best_vs_worst or all_pairs, got {self.pairs!r}")
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOLossConfig:
+    beta: float = 0.1
+    loss_type: str = "sigmoid"  # sigmoid (DPO) | ipo | hinge
+    label_smoothing: float = 0.0  # sigmoid only: robust DPO / cDPO
+    precompute_reference: bool = False
+
+    def __post_init__(self):
+        from jaxrlhf.losses import DPO_LOSS_TYPES
+        if self.loss_type not in DPO_LOSS_TYPES:
+            raise ValueError(f"loss_type must be one of {DPO_LOSS_TYPES}, got {self.loss_type!r}")
+        if self.beta <= 0:
+            raise ValueError(f"beta must be > 0, got {self.beta}")
+        if not 0.0 <= self.label_smoothing < 0.5:
+            raise ValueError(f"label_smoothing must be in [0, 0.5), got {self.label_smoothing}")
+
+
+@dataclasses.dataclass(frozen=True)
+class DPOConfig:
+    seed: int = 0
+    output_dir: str = "runs/dpo"
+    tokenizer: str | None = None  # default: model.path
+    reference_path: str | None = None  # default: model.path (the starting policy)
+    model: ModelConfig = ModelConfig()
+    mesh: MeshConfig = MeshConfig()
+    data: DPODataConfig = DPODataConfig()
+    train: TrainConfig = TrainConfig()
+    loss: DPOLossConfig = DPOLossConfig()
+
+    def __post_init__(self):
+        if not self.model.path:
+            raise ValueError("model.path is required: the policy to start from (an SFT export)")
+
+
+def load_data(cfg: DPOConfig, tokenizer):
+    from jaxrlhf.data import load_preference_data, ranked_to_pairs, split_train_eval, tokenize_pairs
+
+    if not cfg.data.train_files:
+        raise ConfigError("data.train_files is empty: give at least one JSONL/JSON/parquet file")
+
+    def load(files):
+        examples, report = load_preference_data(list(files), tokenizer=tokenizer, strict=cfg.data.strict)
+        pairs = ranked_to_pairs(examples, cfg.data.pairs)
+        arrays = tokenize_pairs(pairs, tokenizer, max_length=cfg.data.max_length,
+                                min_prompt_tokens=cfg.data.min_prompt_tokens or None,
+                                append_eos=cfg.data.append_eos, report=report)
+        return arrays, report
+
+    train, report = load(cfg.data.train_files)
+    reports = {"train": report}
+    if cfg.data.eval_files:
+        eval_, reports["eval"] = load(cfg.data.eval_files)
+    elif cfg.data.eval_fraction > 0:
+        train, eval_ = split_train_eval(train, cfg.data.eval_fraction, cfg.seed)
+    else:
+        eval_ = None
+    return train, eval_, reports
+
+
+def precompute_reference(data, reference, graphdef, *, average: bool, batch_size: int, mesh):
+    """The reference's pair log-probs for every row, as a Table with a ref_logps column."""
+    from jaxrlhf.stages.common import Table, eval_batches
+    from jaxrlhf.steps.dpo import reference_log_probs
+
+    fn = jax.jit(lambda ref, batch: jax.lax.map(
+        lambda mb: reference_log_probs(*ref, graphdef, mb, average=average), batch))
+    parts = []
+    for rows, batch in eval_batches(data, batch_size, mesh):
+        with jax.set_mesh(mesh):
+            parts.append(np.asarray(fn(reference, batch))[0][:rows])
+    return Table({**data.as_dict(), "ref_logps": np.concatenate(parts).astype(np.float32)})
+
+
+def run_dpo(cfg: DPOConfig, *, resume: bool = False) -> dict:
+    from jaxrlhf.models import from_pretrained, load_tokenizer, save_pretrained
+    from jaxrlhf.sharding import make_mesh, state_shardings
+    from jaxrlhf.stages.common import (build_train_state, eval_batch_size, eval_batches,
+                                       jit_train_step, load_policy, prepare_run_dir,
+                                       restore_or_start, stack_micro_batches, steps_per_epoch_for,
+                                       train_batches, with_mesh)
+    from jaxrlhf.steps.dpo import dpo_eval_step, dpo_train_step, summarize
+
+    out, checkpointer = prepare_run_dir(cfg, resume=resume, stage="dpo")
+    mesh = make_mesh(cfg.mesh)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
+    train, eval_, reports = load_data(cfg, tokenizer)
+    for split, report in reports.items():
+        log.info("%s data: %s", split, report.summary())
+    steps_per_epoch = steps_per_epoch_for(cfg.train, mesh, len(train))
+
+    policy = load_policy(cfg.model, mesh=mesh, seed=cfg.seed)
+    ref_model = from_pretrained(cfg.reference_path or cfg.model.path, dtype=cfg.model.dtype,
+                                param_dtype=cfg.model.param_dtype, mesh=mesh)
+    _, ref_params, ref_buffers = nnx.split(ref_model, nnx.Param, ...)
+    reference = (ref_params, ref_buffers)
+    reference_sh = (state_shardings(ref_params, mesh), state_shardings(ref_buffers, mesh))
+    graphdef, state, shardings, tx = build_train_state(
+        policy, cfg.train, cfg.train.total_steps(steps_per_epoch), cfg.seed, mesh)
+    state, start = restore_or_start(checkpointer, state, resume=resume)
+
+    loss_kwargs = dict(beta=cfg.loss.beta, loss_type=cfg.loss.loss_type,
+                       label_smoothing=cfg.loss.label_smoothing)
+    if cfg.loss.precompute_reference:
+        precompute = functools.partial(precompute_reference, reference=reference, graphdef=graphdef,
+                                       average=cfg.loss.loss_type == "ipo",
+                                       batch_size=eval_batch_size(cfg.train), mesh=mesh)
+        train = precompute(train)
+        eval_ = precompute(eval_) if eval_ is not None else None
+        del ref_model, reference  # the reference is no longer needed in memory
+        reference, reference_sh = ((), ()), ((), ())
+
+    example = stack_micro_batches(train.take(np.arange(cfg.train.batch_size)).as_dict(),
+                                  cfg.train.accumulation_steps)
+    step, batch_sh = jit_train_step(
+        functools.partial(dpo_train_step, graphdef=graphdef, tx=tx, **loss_kwargs),
+        state_shardings=shardings, example_batch=example, mesh=mesh,
+        frozen=reference, frozen_shardings=reference_sh)
+    eval_fn = with_mesh(jax.jit(functools.partial(dpo_eval_step, graphdef=graphdef, **loss_kwargs)), mesh)
+
+    def evaluate(state) -> dict[str, float]:
+        sums = None
+        for _, batch in eval_batches(eval_, eval_batch_size(cfg.train), mesh):
+            part = eval_fn(state, reference, batch)
+            sums = part if sums is None else jax.tree.map(np.add, sums, part)
+        return {k: float(v) for k, v in summarize(sums).items()}
+
+    metrics_log = MetricsLog(out)
+    try:
+        state, position, last_eval = train_loop(
+            state=state, train_step=step,
+            batches=train_batches(train, cfg.train, seed=cfg.seed, batch_sh=batch_sh),
+            steps_per_epoch=steps_per_epoch, config=cfg.train, start=start,
+            checkpointer=checkpointer, evaluate=evaluate if eval_ is not None else None,
+            metrics_log=metrics_log, desc="dpo")
+    finally:
+        metrics_log.close()
+    final = nnx.merge(graphdef, state.params, state.buffers)
+    save_pretrained(final, out / "final", tokenizer=tokenizer)
+    results = {"steps": position.steps, "eval": last_eval,
+               "data": {split: r.as_dict() for split, r in reports.items()},
+               "final_model": str(out / "final")}
+    if jax.process_index() == 0:
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+    checkpointer.close()
+    return results

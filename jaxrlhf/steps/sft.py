@@ -1,0 +1,52 @@
+"""Supervised fine-tuning steps: next-token loss on response tokens only."""
+
+from __future__ import annotations
+
+import functools
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxrlhf.losses import sft_loss
+from jaxrlhf.steps.common import TrainState, accumulate, apply_gradients
+
+
+def trained_token_count(loss_mask: jax.Array) -> jax.Array:
+    """Targets in a whole batch ([..., T]); position 0 of a row predicts nothing."""
+    return jnp.maximum(loss_mask[..., 1:].sum(), 1).astype(jnp.float32)
+
+
+def lm_logits(params, buffers, graphdef, batch: dict) -> jax.Array:
+    """Logits [b, T, V]; rows may be packed (segment_ids isolate the examples)."""
+    model = nnx.merge(graphdef, params, buffers)
+    return model(batch["input_ids"], batch["attention_mask"], segment_ids=batch["segment_ids"]).logits
+
+
+def sft_loss_fn(params, buffers, micro_batch, *, graphdef, token_count):
+    logits = lm_logits(params, buffers, graphdef, micro_batch)
+    _, m = sft_loss(logits, micro_batch["input_ids"], micro_batch["loss_mask"])
+    return m["nll_sum"] / token_count, m
+
+
+def sft_train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
+                   tx: optax.GradientTransformation) -> tuple[TrainState, dict]:
+    """One update. batch: input_ids, attention_mask, loss_mask, segment_ids [A, b, T].
+
+    Each micro-batch's NLL sum is divided by the whole batch's target count, so the
+    accumulated gradient is exactly that of the mean over all trained tokens.
+    """
+    count = trained_token_count(batch["loss_mask"])
+    loss_fn = functools.partial(sft_loss_fn, buffers=state.buffers, graphdef=graphdef, token_count=count)
+    grads, aux = accumulate(lambda p, mb: loss_fn(p, micro_batch=mb), state.params, batch)
+    state, update_metrics = apply_gradients(state, grads, aux["loss"], tx)
+    return state, {"loss": aux["loss"], "tokens": aux["token_count"], **update_metrics}
+
+
+def sft_eval_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef) -> dict:
+    """Summed NLL and target count over an eval batch [A, b, T]."""
+    def one(micro_batch):
+        logits = lm_logits(state.params, state.buffers, graphdef, micro_batch)
+        return sft_loss(logits, micro_batch["input_ids"], micro_batch["loss_mask"])[1]
+    return jax.tree.map(lambda x: x.sum(0), jax.lax.map(one, batch))
