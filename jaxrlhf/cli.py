@@ -32,6 +32,7 @@ commands available in this version:
   sft          supervised fine-tuning (loss on response tokens only)
   rm           train a reward model on ranked answers (K-wise ranking loss)
   dpo          direct preference optimisation against a frozen reference
+  ppo          RLHF with PPO against a reward model and/or rule rewards
   export       write a training run's checkpoint as a transformers folder
   init-model   create a randomly initialised model (sharded on the mesh) and save it
                as a Hugging Face folder
@@ -182,6 +183,13 @@ STAGES = {
             "into pairs, against a frozen reference (default: the starting policy). Writes "
             "checkpoints, TensorBoard scalars, results.json and final/ (a transformers folder).",
             ("loss", "reward_accuracy", "margin")),
+    "ppo": ("jaxrlhf.stages.ppo", "PPOConfig", "run_ppo",
+            "RLHF with PPO against a reward model and/or rule rewards",
+            "Train a policy (from an SFT model) with PPO: KV-cache rollouts, scores from a learned "
+            "reward model and/or registered rules, per-token KL penalty to the frozen reference "
+            "(fixed or adaptive), GAE, clipped policy and value updates. Writes checkpoints, "
+            "TensorBoard scalars, PNG curves, results.json, final/ (the policy) and critic/.",
+            ("score", "kl", "response_length")),
 }
 
 
@@ -222,12 +230,17 @@ def _resolve_files(cfg, config_file):
 
     from jaxrlhf.config import resolve_path
     fix = lambda p: str(resolve_path(p, config_file)) if p else p
-    data = dataclasses.replace(cfg.data, train_files=tuple(map(fix, cfg.data.train_files)),
-                               eval_files=tuple(map(fix, cfg.data.eval_files)))
+    files = {k: tuple(map(fix, getattr(cfg.data, k))) for k in ("train_files", "eval_files", "prompt_files")
+             if hasattr(cfg.data, k)}
+    data = dataclasses.replace(cfg.data, **files)
     model = dataclasses.replace(cfg.model, path=fix(cfg.model.path), arch=fix(cfg.model.arch))
     cfg = dataclasses.replace(cfg, data=data, model=model, tokenizer=fix(cfg.tokenizer))
-    if getattr(cfg, "reference_path", None):
-        cfg = dataclasses.replace(cfg, reference_path=fix(cfg.reference_path))
+    for key in ("reference_path", "critic_path"):
+        if getattr(cfg, key, None):
+            cfg = dataclasses.replace(cfg, **{key: fix(getattr(cfg, key))})
+    if getattr(cfg, "rewards", None):
+        cfg = dataclasses.replace(cfg, rewards=tuple(dataclasses.replace(r, path=fix(r.path))
+                                                     for r in cfg.rewards))
     return cfg
 
 
@@ -285,7 +298,7 @@ def _fmt_bytes(n: float) -> str:
     return f"{n}"
 
 
-COMMANDS = (_stage_adder("sft"), _stage_adder("rm"), _stage_adder("dpo"), add_export,
+COMMANDS = (_stage_adder("sft"), _stage_adder("rm"), _stage_adder("dpo"), _stage_adder("ppo"), add_export,
             add_init_model, add_inspect)
 
 

@@ -71,13 +71,15 @@ def _pick(logits: jax.Array, key: jax.Array, config: SamplingConfig) -> tuple[ja
     return token.astype(jnp.int32), jnp.take_along_axis(log_probs, token[:, None], axis=-1)[:, 0]
 
 
-def generate(graphdef: nnx.GraphDef, state: nnx.State, input_ids: jax.Array, attention_mask: jax.Array,
-             key: jax.Array, *, config: SamplingConfig, eos_id: int | tuple[int, ...], pad_id: int) -> Generation:
+def generate(graphdef: nnx.GraphDef, state: nnx.State | tuple, input_ids: jax.Array,
+             attention_mask: jax.Array, key: jax.Array, *, config: SamplingConfig,
+             eos_id: int | tuple[int, ...], pad_id: int) -> Generation:
     """Generate up to ``config.max_new_tokens`` tokens per row (pure; jit it with the config static).
 
+    state: the model's state, or a tuple of states (e.g. params, buffers) to merge.
     input_ids, attention_mask: [B, P] left-padded prompts.
     """
-    model = nnx.merge(graphdef, state)
+    model = nnx.merge(graphdef, *(state if isinstance(state, tuple) else (state,)))
     b, p = input_ids.shape
     n = config.max_new_tokens
     eos = jnp.asarray(eos_id if isinstance(eos_id, (tuple, list)) else (eos_id,), jnp.int32)

@@ -162,3 +162,88 @@ def dpo_loss(policy_chosen: jax.Array, policy_rejected: jax.Array, ref_chosen: j
         "margin_sum": jnp.sum((chosen_reward - rejected_reward) * w),
     }
     return metrics["loss_sum"] / jnp.maximum(metrics["pair_count"], 1.0), metrics
+
+
+# --------------------------------------------------------------------------- PPO
+
+
+def masked_mean(x: jax.Array, mask: jax.Array) -> jax.Array:
+    mask = mask.astype(jnp.float32)
+    return jnp.sum(x * mask) / jnp.maximum(mask.sum(), 1.0)
+
+
+def masked_whiten(x: jax.Array, mask: jax.Array, shift_mean: bool = True) -> jax.Array:
+    """Normalise ``x`` to unit variance (and zero mean) over the valid entries."""
+    mean = masked_mean(x, mask)
+    var = masked_mean((x - mean) ** 2, mask)
+    whitened = (x - mean) * jax.lax.rsqrt(var + 1e-8)
+    if not shift_mean:
+        whitened = whitened + mean
+    return jnp.where(mask.astype(bool), whitened, 0.0)
+
+
+def kl_penalty(log_probs: jax.Array, ref_log_probs: jax.Array, estimator: str = "k1") -> jax.Array:
+    """Per-token KL estimate between policy and reference from sampled tokens.
+
+    k1: log p - log q (unbiased, can be negative); k3: (r - 1) - log r with r = q/p
+    (unbiased, always >= 0, lower variance). [B, T] -> [B, T].
+    """
+    log_ratio = log_probs - ref_log_probs
+    if estimator == "k1":
+        return log_ratio
+    if estimator == "k3":
+        return jnp.expm1(-log_ratio) + log_ratio
+    raise ValueError(f"kl estimator must be k1 or k3, got {estimator!r}")
+
+
+def compute_gae(rewards: jax.Array, values: jax.Array, mask: jax.Array, gamma: float = 1.0,
+                lam: float = 0.95) -> tuple[jax.Array, jax.Array]:
+    """Generalised advantage estimation as a masked reverse ``lax.scan``.
+
+    rewards, values, mask: [B, T] (mask 1 on response tokens, contiguous from the start).
+    The value after the last valid token is 0 (the episode ends there).
+    Returns (advantages, returns), both [B, T] and 0 where mask is 0.
+    """
+    mask = mask.astype(jnp.float32)
+    values = values * mask
+    next_values = jnp.concatenate([values[:, 1:], jnp.zeros_like(values[:, :1])], axis=1)
+
+    def step(next_advantage, inputs):
+        reward, value, next_value, m = inputs
+        delta = reward + gamma * next_value - value
+        advantage = (delta + gamma * lam * next_advantage) * m
+        return advantage, advantage
+
+    xs = tuple(jnp.swapaxes(a, 0, 1) for a in (rewards, values, next_values, mask))  # time-major
+    _, advantages = jax.lax.scan(step, jnp.zeros_like(rewards[:, 0]), xs, reverse=True)
+    advantages = jnp.swapaxes(advantages, 0, 1)
+    return advantages, (advantages + values) * mask
+
+
+def ppo_policy_loss(log_probs: jax.Array, old_log_probs: jax.Array, advantages: jax.Array,
+                    mask: jax.Array, clip: float = 0.2) -> tuple[jax.Array, dict]:
+    """Clipped surrogate objective, mean over valid tokens. All [B, T]."""
+    ratio = jnp.exp(log_probs - old_log_probs)
+    unclipped = -advantages * ratio
+    clipped = -advantages * jnp.clip(ratio, 1.0 - clip, 1.0 + clip)
+    loss = masked_mean(jnp.maximum(unclipped, clipped), mask)
+    log_ratio = log_probs - old_log_probs
+    return loss, {
+        "clip_fraction": masked_mean((clipped > unclipped).astype(jnp.float32), mask),
+        "approx_kl": masked_mean(0.5 * log_ratio ** 2, mask),
+    }
+
+
+def ppo_value_loss(values: jax.Array, old_values: jax.Array, returns: jax.Array, mask: jax.Array,
+                   clip: float = 0.2) -> tuple[jax.Array, dict]:
+    """Clipped value loss 0.5 * max((v - R)^2, (clip(v, v_old +- clip) - R)^2), token mean."""
+    clipped_values = old_values + jnp.clip(values - old_values, -clip, clip)
+    loss = 0.5 * masked_mean(jnp.maximum((values - returns) ** 2, (clipped_values - returns) ** 2), mask)
+    return loss, {"value_clip_fraction": masked_mean(
+        ((clipped_values - returns) ** 2 > (values - returns) ** 2).astype(jnp.float32), mask)}
+
+
+def entropy_from_logits(logits: jax.Array) -> jax.Array:
+    """Entropy of each position's distribution. logits: [B, T, V] -> [B, T]."""
+    log_p = jax.nn.log_softmax(logits.astype(jnp.float32), axis=-1)
+    return -jnp.sum(jnp.exp(log_p) * log_p, axis=-1)

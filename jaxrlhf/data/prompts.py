@@ -1,0 +1,106 @@
+"""Prompt-only data for rollouts (PPO, generation, evaluation): load, clean, left-pad.
+
+Rows: ``{"prompt": str}`` (other keys are kept as metadata, e.g. ``limit``) or
+``{"messages": [...]}`` rendered with the chat template and a generation prompt.
+Prompts are LEFT-padded so that every row's next token goes to the same position.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from typing import Any
+
+import numpy as np
+
+from jaxrlhf.data.preference import (CleanReport, DataError, _Bad, _messages, _prompt_text, _read_rows,
+                                     _type)
+
+
+@dataclasses.dataclass(frozen=True)
+class PromptExample:
+    prompt: str
+    meta: dict  # the row's other fields (e.g. a length limit), for rule rewards and reports
+    source: str
+    line: int
+
+
+def _render_messages(row: dict, tokenizer) -> str:
+    messages = _messages(row["messages"], "messages", "bad prompt type")
+    if messages and messages[-1].get("role") == "assistant":
+        messages = messages[:-1]  # an answer present in the data is not part of the prompt
+    if not messages or not "".join(m["content"] for m in messages).strip():
+        raise _Bad("empty prompt", "messages")
+    if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+        raise _Bad("chat template mismatch", "messages", "message rows need a tokenizer with a chat template")
+    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+
+
+def load_prompts(paths: str | os.PathLike | list, *, tokenizer=None,
+                 strict: bool = False) -> tuple[list[PromptExample], CleanReport]:
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not paths:
+        raise DataError("no prompt files given")
+    examples: list[PromptExample] = []
+    report = CleanReport()
+    for path in map(str, paths):
+        kept_before = report.kept
+        for line, row in _read_rows(path):
+            report.total += 1
+            try:
+                if not isinstance(row, dict):
+                    raise _Bad("not an object", None, f"got {_type(row)}")
+                if row.get("messages") is not None:
+                    text = _render_messages(row, tokenizer)
+                else:
+                    text = _prompt_text(row)
+            except _Bad as bad:
+                if strict:
+                    raise DataError(bad.message(f"{path}:{line}")) from None
+                report.skipped[bad.reason] += 1
+                continue
+            meta = {k: v for k, v in row.items() if k not in ("prompt", "messages")}
+            examples.append(PromptExample(text, meta, path, line))
+            report.kept += 1
+        if report.kept == kept_before:
+            raise DataError(f"{path}: no usable rows ({report.summary()})")
+    return examples, report
+
+
+@dataclasses.dataclass
+class PromptArrays:
+    input_ids: np.ndarray  # [N, P] int32, LEFT-padded
+    attention_mask: np.ndarray  # [N, P] int32
+    index: np.ndarray  # [N] int64: the example each row came from
+
+    def __len__(self) -> int:
+        return self.input_ids.shape[0]
+
+    def take(self, index) -> "PromptArrays":
+        index = np.asarray(index, dtype=np.int64)
+        return PromptArrays(self.input_ids[index], self.attention_mask[index], self.index[index])
+
+    def as_dict(self) -> dict[str, np.ndarray]:
+        return {"input_ids": self.input_ids, "attention_mask": self.attention_mask, "index": self.index}
+
+
+def tokenize_prompts(examples: list[PromptExample], tokenizer, *, max_length: int,
+                     report: CleanReport | None = None) -> PromptArrays:
+    """Left-padded prompt tokens; a prompt longer than ``max_length`` keeps its END (the
+    instruction usually closes a chat-formatted prompt) and is counted as truncated."""
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    ids = np.full((len(examples), max_length), pad, np.int32)
+    mask = np.zeros((len(examples), max_length), np.int32)
+    for row, example in enumerate(examples):
+        tokens = tokenizer(example.prompt, add_special_tokens=True)["input_ids"]
+        if len(tokens) > max_length:
+            tokens = tokens[-max_length:]
+            if report is not None:
+                report.truncated["prompt_truncated"] += 1
+        ids[row, max_length - len(tokens):] = tokens
+        mask[row, max_length - len(tokens):] = 1
+    return PromptArrays(ids, mask, np.arange(len(examples), dtype=np.int64))
+
+
+def prompt_meta(examples: list[PromptExample], index: np.ndarray) -> list[dict[str, Any]]:
+    return [examples[i].meta for i in np.asarray(index)]

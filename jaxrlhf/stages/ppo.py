@@ -1,0 +1,341 @@
+"""``jaxrlhf ppo``: RLHF with PPO against a learned reward model and/or rule rewards.
+
+Per iteration: rollout (KV-cache sampler) -> score (reward model on the same token ids,
+rules on the decoded text) -> per-token KL penalty to the frozen reference -> GAE ->
+several epochs of clipped policy and value updates over minibatches -> adaptive KL.
+Rollout, scoring and training are separate functions; the loop here only sequences them,
+logs, plots and checkpoints.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+import logging
+import time
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from flax import nnx
+from tqdm.auto import tqdm
+
+from jaxrlhf.config import ConfigError, ModelConfig
+from jaxrlhf.generate import SamplingConfig
+from jaxrlhf.rewards import RewardSource
+from jaxrlhf.sharding import MeshConfig
+from jaxrlhf.steps.common import OptimConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class PPODataConfig:
+    prompt_files: tuple[str, ...] = ()
+    max_prompt_length: int = 256
+    strict: bool = False
+
+
+@dataclasses.dataclass(frozen=True)
+class KLConfig:
+    coef: float = 0.05  # beta, the initial KL coefficient
+    target: float | None = None  # adaptive: the per-sequence KL to aim for; None: fixed beta
+    horizon: float = 10000.0
+    estimator: str = "k1"  # k1 | k3
+
+    def __post_init__(self):
+        if self.estimator not in ("k1", "k3"):
+            raise ValueError(f"estimator must be k1 or k3, got {self.estimator!r}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOTrainConfig:
+    iterations: int = 100
+    batch_size: int = 16  # prompts (= responses) per iteration
+    epochs: int = 4  # PPO epochs over each rollout
+    minibatches: int = 4
+    clip_ratio: float = 0.2
+    clip_value: float = 0.2
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.0
+    gamma: float = 1.0
+    lam: float = 0.95
+    whiten_advantages: bool = True
+    missing_eos_penalty: float | None = -1.0
+    score_clip: float = 0.0
+    save_every: int = 0
+    keep_checkpoints: int = 2
+    log_every: int = 1
+    actor_optim: OptimConfig = OptimConfig(learning_rate=1e-6, schedule="constant")
+    critic_optim: OptimConfig = OptimConfig(learning_rate=1e-5, schedule="constant")
+
+    def __post_init__(self):
+        if self.batch_size % self.minibatches:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of minibatches {self.minibatches}")
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOConfig:
+    seed: int = 0
+    output_dir: str = "runs/ppo"
+    tokenizer: str | None = None  # default: model.path
+    reference_path: str | None = None  # default: model.path (the SFT policy)
+    critic_path: str | None = None  # default: the reward model if there is one, else model.path
+    model: ModelConfig = ModelConfig()
+    mesh: MeshConfig = MeshConfig()
+    data: PPODataConfig = PPODataConfig()
+    rollout: SamplingConfig = SamplingConfig(max_new_tokens=64, temperature=1.0)
+    kl: KLConfig = KLConfig()
+    train: PPOTrainConfig = PPOTrainConfig()
+    rewards: tuple[RewardSource, ...] = ()
+
+    def __post_init__(self):
+        if not self.model.path:
+            raise ValueError("model.path is required: the SFT policy to start from")
+        if not self.rewards:
+            raise ValueError("rewards is empty: give a reward model ({kind: model, path: ...}) "
+                             "and/or rules ({kind: rule, name: ...})")
+        if self.rollout.temperature <= 0:
+            raise ValueError("rollout.temperature must be > 0 for PPO")
+
+
+# --------------------------------------------------------------------------- scoring
+
+
+class Scorer:
+    """Scores rollouts: reward models on device (same token ids), rules on the host."""
+
+    def __init__(self, sources, *, tokenizer, policy_vocab: int, mesh, dtype: str):
+        from jaxrlhf.models import reward_model_from_pretrained
+        from jaxrlhf.rewards import get_rule
+
+        self.sources, self.tokenizer, self.models, self.rules = list(sources), tokenizer, {}, {}
+        for i, source in enumerate(self.sources):
+            key = f"{source.kind}:{source.path or source.name}#{i}"
+            if source.kind == "model":
+                rm = reward_model_from_pretrained(source.path, dtype=dtype, mesh=mesh)
+                if rm.config.vocab_size != policy_vocab:
+                    raise ConfigError(f"reward model {source.path} has vocab {rm.config.vocab_size}, the "
+                                      f"policy {policy_vocab}: it must score the policy's token ids")
+                graphdef, state = nnx.split(rm)
+                forward = jax.jit(lambda s, ids, mask, g=graphdef, norm=source.normalize: (
+                    (lambda m: m.normalized(m(ids, mask)) if norm else m(ids, mask))(nnx.merge(g, s))))
+                self.models[key] = (forward, state)
+            else:
+                self.rules[key] = functools.partial(get_rule(source.name), **source.kwargs)
+        self.weights = {f"{s.kind}:{s.path or s.name}#{i}": s.weight for i, s in enumerate(self.sources)}
+        self.keys = list(self.weights)
+
+    def __call__(self, input_ids, attention_mask, prompt_len, response_mask, finished, prompts,
+                 meta) -> tuple[np.ndarray, dict[str, float]]:
+        from jaxrlhf.rewards import TextBatch, combine
+
+        parts = {}
+        for key, (forward, state) in self.models.items():
+            parts[key] = np.asarray(forward(state, input_ids, attention_mask))
+        if self.rules:
+            tokens = np.asarray(input_ids)[:, prompt_len:]
+            mask = np.asarray(response_mask)
+            done = np.asarray(finished)
+            texts = [self.tokenizer.decode(t[: int(m.sum()) - int(d)], skip_special_tokens=True)
+                     for t, m, d in zip(tokens, mask, done)]
+            batch = TextBatch(prompts, texts, tokens, mask, done, meta)
+            for key, rule in self.rules.items():
+                parts[key] = np.asarray(rule(batch), np.float32)
+        metrics = {f"reward_{k.split('#')[0].replace(':', '_')}": float(np.mean(v)) for k, v in parts.items()}
+        return combine(parts, self.weights).astype(np.float32), metrics
+
+
+# --------------------------------------------------------------------------- the run
+
+
+def init_ppo_state(actor_params, actor_buffers, critic_params, critic_buffers, actor_tx, critic_tx,
+                   *, kl_coef: float, seed: int, mesh):
+    """The PPO state materialised with explicit shardings (params by their logical axes,
+    optimizer moments alongside, scalars replicated), and those shardings."""
+    from jax.sharding import NamedSharding, PartitionSpec as P
+
+    from jaxrlhf.steps.common import init_train_state, train_state_shardings
+    from jaxrlhf.steps.ppo import PPOState
+
+    def init():
+        return PPOState(iteration=jnp.zeros((), jnp.int32),
+                        actor=init_train_state(actor_params, actor_buffers, actor_tx, seed),
+                        critic=init_train_state(critic_params, critic_buffers, critic_tx, seed + 1),
+                        kl_coef=jnp.asarray(kl_coef, jnp.float32),
+                        rng=jax.random.key_data(jax.random.key(seed)))
+
+    abstract = jax.eval_shape(init)
+    replicated = NamedSharding(mesh, P())
+    shardings = PPOState(iteration=replicated,
+                         actor=train_state_shardings(abstract.actor, mesh, actor_tx),
+                         critic=train_state_shardings(abstract.critic, mesh, critic_tx),
+                         kl_coef=replicated, rng=replicated)
+    with jax.set_mesh(mesh):
+        state = jax.jit(init, out_shardings=shardings)()
+    return state, shardings
+
+
+def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
+    from jaxrlhf.data import batches_per_epoch, iterate_batches
+    from jaxrlhf.data.prompts import load_prompts, prompt_meta, tokenize_prompts
+    from jaxrlhf.generate import generate
+    from jaxrlhf.loop import MetricsLog, to_floats
+    from jaxrlhf.models import from_pretrained, load_tokenizer, reward_model_from_pretrained, save_pretrained
+    from jaxrlhf.sharding import make_mesh
+    from jaxrlhf.stages.common import prepare_run_dir
+    from jaxrlhf.steps.common import make_optimizer
+    from jaxrlhf.steps.ppo import PPOHyper, adaptive_kl_coef, make_rollout, ppo_update
+
+    out, checkpointer = prepare_run_dir(cfg, resume=resume, stage="ppo")
+    mesh = make_mesh(cfg.mesh)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
+    examples, report = load_prompts(list(cfg.data.prompt_files), tokenizer=tokenizer, strict=cfg.data.strict)
+    prompts = tokenize_prompts(examples, tokenizer, max_length=cfg.data.max_prompt_length, report=report)
+    log.info("prompts: %s", report.summary())
+    per_epoch = batches_per_epoch(len(prompts), cfg.train.batch_size)
+    if per_epoch == 0:
+        raise ConfigError(f"{len(prompts)} prompts are fewer than train.batch_size {cfg.train.batch_size}")
+    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    if eos_id is None:
+        raise ConfigError("the tokenizer has no EOS token: PPO needs one to end responses")
+    pad_id = pad_id if pad_id is not None else eos_id
+
+    common = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, mesh=mesh)
+    actor = from_pretrained(cfg.model.path, remat=cfg.model.remat, **common)
+    reference = from_pretrained(cfg.reference_path or cfg.model.path, **common)
+    model_rewards = [r for r in cfg.rewards if r.kind == "model"]
+    critic_path = cfg.critic_path or (model_rewards[0].path if model_rewards else cfg.model.path)
+    critic = reward_model_from_pretrained(critic_path, remat=cfg.model.remat, zero_init=True, seed=cfg.seed, **common)
+    critic.score.set_value(jnp.zeros_like(critic.score.get_value()))  # value head starts at zero
+    scorer = Scorer(cfg.rewards, tokenizer=tokenizer, policy_vocab=actor.config.vocab_size,
+                    mesh=mesh, dtype=cfg.model.dtype)
+
+    iterations = cfg.train.iterations
+    updates = iterations * cfg.train.epochs * cfg.train.minibatches
+    actor_tx = make_optimizer(cfg.train.actor_optim, updates)
+    critic_tx = make_optimizer(cfg.train.critic_optim, updates)
+    actor_graphdef, actor_params, actor_buffers = nnx.split(actor, nnx.Param, ...)
+    critic_graphdef, critic_params, critic_buffers = nnx.split(critic, nnx.Param, ...)
+    _, ref_params, ref_buffers = nnx.split(reference, nnx.Param, ...)
+    ref = (ref_params, ref_buffers)
+    state, state_sh = init_ppo_state(actor_params, actor_buffers, critic_params, critic_buffers,
+                                     actor_tx, critic_tx, kl_coef=cfg.kl.coef, seed=cfg.seed, mesh=mesh)
+    if resume and checkpointer.latest_step() is not None:
+        state, meta = checkpointer.restore(None, state)
+        log.info("resumed at iteration %d", int(state.iteration))
+
+    hyper = PPOHyper(temperature=cfg.rollout.temperature, kl_estimator=cfg.kl.estimator,
+                     gamma=cfg.train.gamma, lam=cfg.train.lam, clip_ratio=cfg.train.clip_ratio,
+                     clip_value=cfg.train.clip_value, vf_coef=cfg.train.vf_coef,
+                     entropy_coef=cfg.train.entropy_coef, epochs=cfg.train.epochs,
+                     minibatches=cfg.train.minibatches, whiten_advantages=cfg.train.whiten_advantages,
+                     missing_eos_penalty=cfg.train.missing_eos_penalty, score_clip=cfg.train.score_clip)
+    prompt_len = cfg.data.max_prompt_length
+    sample = jax.jit(functools.partial(generate, actor_graphdef, config=cfg.rollout, eos_id=eos_id,
+                                       pad_id=pad_id))
+    rollout_fn = jax.jit(functools.partial(make_rollout, actor_graphdef=actor_graphdef,
+                                           critic_graphdef=critic_graphdef, prompt_len=prompt_len,
+                                           hyper=hyper))
+    update_fn = jax.jit(functools.partial(ppo_update, actor_graphdef=actor_graphdef,
+                                          critic_graphdef=critic_graphdef, actor_tx=actor_tx,
+                                          critic_tx=critic_tx, prompt_len=prompt_len, hyper=hyper),
+                        out_shardings=(state_sh, None), donate_argnums=0)
+
+    metrics_log = MetricsLog(out)
+    history: list[dict] = []
+    start = int(state.iteration)
+    bar = tqdm(total=iterations, initial=start, desc="ppo", unit="it", disable=jax.process_index() != 0)
+    base_key = jax.random.key(cfg.seed)
+    for it in range(start, iterations):
+        epoch, index = divmod(it, per_epoch)
+        _, batch = next(iterate_batches(prompts, cfg.train.batch_size, seed=cfg.seed, epoch=epoch,
+                                        start_batch=index))
+        t0 = time.perf_counter()
+        with jax.set_mesh(mesh):
+            gen = sample((state.actor.params, state.actor.buffers), batch["input_ids"],
+                         batch["attention_mask"], jax.random.fold_in(base_key, it))
+            gen = jax.block_until_ready(gen)
+        t1 = time.perf_counter()
+        input_ids = jnp.concatenate([jnp.asarray(batch["input_ids"]), gen.tokens], axis=1)
+        attention_mask = jnp.concatenate([jnp.asarray(batch["attention_mask"]), gen.mask], axis=1)
+        texts = [examples[i].prompt for i in batch["index"]]
+        with jax.set_mesh(mesh):
+            scores, reward_metrics = scorer(input_ids, attention_mask, prompt_len, gen.mask, gen.finished,
+                                            texts, prompt_meta(examples, batch["index"]))
+        t2 = time.perf_counter()
+        with jax.set_mesh(mesh):
+            rollout, rollout_metrics = rollout_fn(state, ref, input_ids, attention_mask, gen.mask,
+                                                  jnp.asarray(scores), gen.finished)
+            state, train_metrics = update_fn(state, rollout)
+            kl = rollout_metrics["kl"]
+            state = state.replace(kl_coef=adaptive_kl_coef(state.kl_coef, kl, target=cfg.kl.target,
+                                                           horizon=cfg.kl.horizon,
+                                                           batch_size=cfg.train.batch_size))
+            train_metrics = jax.block_until_ready(train_metrics)
+        t3 = time.perf_counter()
+        metrics = {**to_floats(rollout_metrics), **to_floats(train_metrics), **reward_metrics,
+                   "rollout_seconds": t1 - t0, "score_seconds": t2 - t1, "train_seconds": t3 - t2,
+                   "generated_tokens_per_second": float(np.asarray(gen.mask).sum()) / max(t1 - t0, 1e-9)}
+        if metrics["skipped"] > 0:
+            log.warning("iteration %d: non-finite loss or gradient; those updates were skipped", it + 1)
+        history.append({"iteration": it + 1, **metrics})
+        if (it + 1) % cfg.train.log_every == 0 or it + 1 == iterations:
+            metrics_log.write(it + 1, metrics, "ppo")
+        bar.update(1)
+        bar.set_postfix(score=f"{metrics['score']:.3f}", kl=f"{metrics['kl']:.3f}")
+        if cfg.train.save_every and (it + 1) % cfg.train.save_every == 0 and it + 1 < iterations:
+            checkpointer.save(it + 1, state, {"iteration": it + 1})
+    bar.close()
+    metrics_log.close()
+    if checkpointer.latest_step() != iterations:
+        checkpointer.save(iterations, state, {"iteration": iterations})
+    checkpointer.wait()
+
+    final = nnx.merge(actor_graphdef, state.actor.params, state.actor.buffers)
+    save_pretrained(final, out / "final", tokenizer=tokenizer)
+    save_pretrained(nnx.merge(critic_graphdef, state.critic.params, state.critic.buffers), out / "critic")
+    results = {"steps": iterations, "iterations": iterations, "history": history,
+               "data": {"prompts": report.as_dict()}, "final_model": str(out / "final")}
+    if history:
+        last = history[-1]
+        results["eval"] = {k: last[k] for k in ("score", "kl", "response_length", "policy_loss", "value_loss")}
+    if jax.process_index() == 0:
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+        plot_curves(history, out)
+    checkpointer.close()
+    return results
+
+
+def plot_curves(history: list[dict], out: Path) -> list[Path]:
+    """PNG curves of reward, KL, policy loss and value loss over iterations (all iterations
+    of this process's history; a resumed run plots from metrics.jsonl)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = history
+    jsonl = out / "metrics.jsonl"
+    if jsonl.exists():  # include iterations logged before a resume
+        rows = [r for r in map(json.loads, jsonl.read_text().splitlines()) if r.get("split") == "ppo"]
+        rows = list({r["step"]: r for r in rows}.values())
+        for r in rows:
+            r["iteration"] = r["step"]
+    written = []
+    for key, title in (("score", "reward (score)"), ("kl", "KL to reference"),
+                       ("policy_loss", "policy loss"), ("value_loss", "value loss")):
+        xs = [r["iteration"] for r in rows if key in r]
+        ys = [r[key] for r in rows if key in r]
+        fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+        ax.plot(xs, ys, lw=1.5)
+        ax.set_xlabel("iteration")
+        ax.set_title(title)
+        ax.grid(alpha=0.3)
+        fig.tight_layout()
+        path = out / f"ppo_{key}.png"
+        fig.savefig(path)
+        plt.close(fig)
+        written.append(path)
+    return written

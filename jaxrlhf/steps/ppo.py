@@ -1,0 +1,210 @@
+"""PPO for RLHF as pure functions: score a rollout, shape rewards, GAE, and several epochs
+of clipped policy + value updates over minibatches (a ``lax.scan`` inside jit).
+
+Roles are separate parameter trees: the actor and critic are trained (each with its own
+optimizer state); the reference policy is a frozen argument, never differentiated.
+
+Token alignment: a rollout row is ``prompt [P] (left-padded) + response [N]``. Response
+token j sits at position P + j; its log-prob comes from the logits at P + j - 1 and its
+value (the state before emitting it) from the critic at P + j - 1.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from flax import nnx
+
+from jaxrlhf.losses import (compute_gae, entropy_from_logits, kl_penalty, masked_mean,
+                            masked_whiten, ppo_policy_loss, ppo_value_loss, token_log_probs)
+from jaxrlhf.steps.common import TrainState, apply_gradients
+
+
+@dataclasses.dataclass(frozen=True)
+class PPOHyper:
+    """The PPO knobs the jitted update needs (static)."""
+
+    temperature: float = 1.0
+    kl_estimator: str = "k1"  # k1 | k3
+    gamma: float = 1.0
+    lam: float = 0.95
+    clip_ratio: float = 0.2
+    clip_value: float = 0.2
+    vf_coef: float = 0.1
+    entropy_coef: float = 0.0
+    epochs: int = 4
+    minibatches: int = 4
+    whiten_advantages: bool = True
+    missing_eos_penalty: float | None = -1.0  # added to the score of responses without EOS
+    score_clip: float = 0.0  # > 0: clip scores to [-score_clip, score_clip]
+
+    def __post_init__(self):
+        if self.kl_estimator not in ("k1", "k3"):
+            raise ValueError(f"kl_estimator must be k1 or k3, got {self.kl_estimator!r}")
+        if self.temperature <= 0:
+            raise ValueError("PPO samples with temperature > 0")
+        if self.epochs < 1 or self.minibatches < 1:
+            raise ValueError("epochs and minibatches must be >= 1")
+
+
+@flax.struct.dataclass
+class PPOState:
+    iteration: jax.Array  # [] int32
+    actor: TrainState
+    critic: TrainState
+    kl_coef: jax.Array  # [] float32, adapted by the KL controller
+    rng: jax.Array  # [2] uint32
+
+
+@flax.struct.dataclass
+class Rollout:
+    """One batch of experience; every array has batch dimension B."""
+
+    input_ids: jax.Array  # [B, P + N] prompt (left-padded) + response
+    attention_mask: jax.Array  # [B, P + N]
+    response_mask: jax.Array  # [B, N] 1 on generated tokens up to and including EOS
+    old_log_probs: jax.Array  # [B, N] actor log-probs (recomputed by the trainer)
+    ref_log_probs: jax.Array  # [B, N]
+    values: jax.Array  # [B, N]
+    advantages: jax.Array  # [B, N]
+    returns: jax.Array  # [B, N]
+
+
+def adaptive_kl_coef(kl_coef: jax.Array, observed_kl: jax.Array, *, target: float | None,
+                     horizon: float, batch_size: int) -> jax.Array:
+    """Ziegler et al. (2019): beta <- beta * (1 + clip(KL / target - 1, -0.2, 0.2) * n / horizon).
+
+    ``target`` None keeps beta fixed.
+    """
+    if target is None:
+        return kl_coef
+    error = jnp.clip(observed_kl / target - 1.0, -0.2, 0.2)
+    return kl_coef * (1.0 + error * batch_size / horizon)
+
+
+def response_log_probs_and_entropy(params, buffers, graphdef, input_ids, attention_mask,
+                                   prompt_len: int, temperature: float):
+    """Log-probs and entropies [B, N] of the response tokens under the policy at ``temperature``."""
+    model = nnx.merge(graphdef, params, buffers)
+    logits = model(input_ids, attention_mask).logits
+    log_probs = token_log_probs(logits, input_ids, temperature)[:, prompt_len:]
+    entropy = entropy_from_logits(logits[:, prompt_len - 1:-1] / temperature)
+    return log_probs, entropy
+
+
+def response_values(params, buffers, graphdef, input_ids, attention_mask, prompt_len: int):
+    """Critic values [B, N] of the states before each response token."""
+    critic = nnx.merge(graphdef, params, buffers)
+    return critic.token_values(input_ids, attention_mask)[:, prompt_len - 1:-1]
+
+
+def shape_rewards(scores, log_probs, ref_log_probs, response_mask, finished, kl_coef, hyper: PPOHyper):
+    """Per-token rewards [B, N]: -beta * KL_t on every token, plus the (penalised, clipped)
+    sequence score at the last real token. scores, finished: [B]."""
+    mask = response_mask.astype(jnp.float32)
+    kl = kl_penalty(log_probs, ref_log_probs, hyper.kl_estimator) * mask
+    if hyper.missing_eos_penalty is not None:
+        scores = jnp.where(finished, scores, scores + hyper.missing_eos_penalty)
+    if hyper.score_clip > 0:
+        scores = jnp.clip(scores, -hyper.score_clip, hyper.score_clip)
+    last = jnp.maximum(mask.sum(axis=1).astype(jnp.int32) - 1, 0)
+    at_last = jax.nn.one_hot(last, mask.shape[1]) * mask
+    return -kl_coef * kl + scores[:, None] * at_last, kl, scores
+
+
+def make_rollout(state: PPOState, reference: tuple, input_ids, attention_mask, response_mask,
+                 scores, finished, *, actor_graphdef, critic_graphdef, prompt_len: int,
+                 hyper: PPOHyper) -> tuple[Rollout, dict]:
+    """Everything PPO needs about a batch of sampled responses, and its metrics.
+
+    input_ids, attention_mask: [B, P + N]; response_mask: [B, N]; scores, finished: [B].
+    """
+    fwd = functools.partial(response_log_probs_and_entropy, input_ids=input_ids,
+                            attention_mask=attention_mask, prompt_len=prompt_len,
+                            temperature=hyper.temperature)
+    old_log_probs, entropy = fwd(state.actor.params, state.actor.buffers, actor_graphdef)
+    ref_log_probs, _ = fwd(jax.lax.stop_gradient(reference[0]), reference[1], actor_graphdef)
+    values = response_values(state.critic.params, state.critic.buffers, critic_graphdef,
+                             input_ids, attention_mask, prompt_len)
+    rewards, kl, shaped_scores = shape_rewards(scores, old_log_probs, ref_log_probs, response_mask,
+                                               finished, state.kl_coef, hyper)
+    advantages, returns = compute_gae(rewards, values, response_mask, hyper.gamma, hyper.lam)
+    if hyper.whiten_advantages:
+        advantages = masked_whiten(advantages, response_mask)
+    mask = response_mask.astype(jnp.float32)
+    rollout = Rollout(input_ids, attention_mask, response_mask, old_log_probs, ref_log_probs,
+                      values, advantages, returns)
+    metrics = {
+        "score": scores.mean(), "score_std": scores.std(), "shaped_score": shaped_scores.mean(),
+        "kl": (kl.sum(axis=1)).mean(), "entropy": masked_mean(entropy, mask),
+        "response_length": mask.sum(axis=1).mean(), "eos_fraction": finished.mean(),
+        "kl_coef": state.kl_coef, "value_mean": masked_mean(values, mask),
+        "return_mean": masked_mean(returns, mask),
+    }
+    return rollout, metrics
+
+
+def ppo_minibatch_losses(actor_params, critic_params, state: PPOState, batch: Rollout, *,
+                         actor_graphdef, critic_graphdef, prompt_len: int, hyper: PPOHyper):
+    log_probs, entropy = response_log_probs_and_entropy(
+        actor_params, state.actor.buffers, actor_graphdef, batch.input_ids, batch.attention_mask,
+        prompt_len, hyper.temperature)
+    values = response_values(critic_params, state.critic.buffers, critic_graphdef,
+                             batch.input_ids, batch.attention_mask, prompt_len)
+    mask = batch.response_mask
+    pg_loss, pg_metrics = ppo_policy_loss(log_probs, batch.old_log_probs, batch.advantages, mask,
+                                          hyper.clip_ratio)
+    vf_loss, vf_metrics = ppo_value_loss(values, batch.values, batch.returns, mask, hyper.clip_value)
+    entropy = masked_mean(entropy, mask)
+    metrics = {"policy_loss": pg_loss, "value_loss": vf_loss, "policy_entropy": entropy,
+               **pg_metrics, **vf_metrics}
+    return pg_loss - hyper.entropy_coef * entropy, hyper.vf_coef * vf_loss, metrics
+
+
+def ppo_update(state: PPOState, rollout: Rollout, *, actor_graphdef, critic_graphdef,
+               actor_tx: optax.GradientTransformation, critic_tx: optax.GradientTransformation,
+               prompt_len: int, hyper: PPOHyper) -> tuple[PPOState, dict]:
+    """``hyper.epochs`` passes over the rollout in ``hyper.minibatches`` shuffled minibatches;
+    a nested ``lax.scan`` (epochs x minibatches), not a Python loop, inside jit."""
+    b = rollout.input_ids.shape[0]
+    size = b // hyper.minibatches
+    rng, perm_key = jax.random.split(jax.random.wrap_key_data(state.rng))
+    orders = jax.vmap(lambda k: jax.random.permutation(k, b))(jax.random.split(perm_key, hyper.epochs))
+    orders = orders[:, : size * hyper.minibatches].reshape(hyper.epochs, hyper.minibatches, size)
+    losses = functools.partial(ppo_minibatch_losses, actor_graphdef=actor_graphdef,
+                               critic_graphdef=critic_graphdef, prompt_len=prompt_len, hyper=hyper)
+
+    def minibatch_step(carry, index):
+        actor, critic = carry
+        batch = jax.tree.map(lambda x: jnp.take(x, index, axis=0), rollout)
+        current = state.replace(actor=actor, critic=critic)
+
+        def joint_loss(params):
+            # the policy loss depends only on the actor, the value loss only on the critic, so
+            # one backward pass gives each tree exactly its own gradient
+            pg, vf, m = losses(params[0], params[1], current, batch)
+            return pg + vf, (pg, vf, m)
+
+        (_, (pg, vf, metrics)), (actor_grads, critic_grads) = jax.value_and_grad(
+            joint_loss, has_aux=True)((actor.params, critic.params))
+        actor, actor_update = apply_gradients(actor, actor_grads, pg, actor_tx)
+        critic, critic_update = apply_gradients(critic, critic_grads, vf, critic_tx)
+        metrics = dict(metrics, actor_grad_norm=actor_update["grad_norm"],
+                       critic_grad_norm=critic_update["grad_norm"],
+                       skipped=jnp.maximum(actor_update["skipped"], critic_update["skipped"]))
+        return (actor, critic), metrics
+
+    def epoch(carry, epoch_orders):
+        return jax.lax.scan(minibatch_step, carry, epoch_orders)
+
+    (actor, critic), metrics = jax.lax.scan(epoch, (state.actor, state.critic), orders)
+    skipped = jnp.max(metrics.pop("skipped"))
+    metrics = dict(jax.tree.map(jnp.mean, metrics), skipped=skipped)
+    new_state = state.replace(actor=actor, critic=critic, iteration=state.iteration + 1,
+                              rng=jax.random.key_data(rng))
+    return new_state, metrics

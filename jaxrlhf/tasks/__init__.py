@@ -1,0 +1,1 @@
+"""Tasks: data builders, rule rewards and evaluations (importing registers their rules)."""
