@@ -1,0 +1,96 @@
+"""GAE, PPO losses, KL estimators and the KL controller against numpy references."""
+
+import numpy as np
+import pytest
+
+from jaxrlhf.losses import (compute_gae, kl_penalty, masked_whiten, ppo_policy_loss, ppo_value_loss)
+from jaxrlhf.steps.ppo import PPOHyper, adaptive_kl_coef, shape_rewards
+
+
+def random_masked(seed, b=4, t=7):
+    rng = np.random.default_rng(seed)
+    lengths = rng.integers(1, t + 1, size=b)
+    mask = (np.arange(t)[None] < lengths[:, None]).astype(np.float32)
+    return rng, mask
+
+
+def np_gae(rewards, values, mask, gamma, lam):
+    b, t = rewards.shape
+    adv = np.zeros_like(rewards)
+    for i in range(b):
+        n = int(mask[i].sum())
+        last = 0.0
+        for j in reversed(range(n)):
+            next_value = values[i, j + 1] if j + 1 < n else 0.0
+            delta = rewards[i, j] + gamma * next_value - values[i, j]
+            last = delta + gamma * lam * last
+            adv[i, j] = last
+    return adv, (adv + values) * mask
+
+
+@pytest.mark.parametrize("seed", range(3))
+@pytest.mark.parametrize("gamma, lam", [(1.0, 0.95), (0.99, 0.9)])
+def test_gae_matches_numpy(seed, gamma, lam):
+    rng, mask = random_masked(seed)
+    rewards = rng.normal(size=mask.shape).astype(np.float32) * mask
+    values = rng.normal(size=mask.shape).astype(np.float32)
+    adv, ret = compute_gae(rewards, values, mask, gamma, lam)
+    ref_adv, ref_ret = np_gae(rewards, values * mask, mask, gamma, lam)
+    np.testing.assert_allclose(np.asarray(adv), ref_adv, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(ret), ref_ret, atol=1e-6)
+
+
+@pytest.mark.parametrize("seed", range(3))
+def test_policy_and_value_losses_match_numpy(seed):
+    rng, mask = random_masked(seed)
+    lp, old = (rng.normal(size=mask.shape).astype(np.float32) * 0.3 for _ in range(2))
+    adv = rng.normal(size=mask.shape).astype(np.float32)
+    loss, m = ppo_policy_loss(lp, old, adv, mask, clip=0.2)
+    ratio = np.exp(lp - old)
+    per = np.maximum(-adv * ratio, -adv * np.clip(ratio, 0.8, 1.2))
+    np.testing.assert_allclose(float(loss), (per * mask).sum() / mask.sum(), atol=1e-6)
+    clipped = (-adv * np.clip(ratio, 0.8, 1.2)) > (-adv * ratio)
+    np.testing.assert_allclose(float(m["clip_fraction"]), (clipped * mask).sum() / mask.sum(), atol=1e-6)
+    np.testing.assert_allclose(float(m["approx_kl"]), (0.5 * (lp - old) ** 2 * mask).sum() / mask.sum(), atol=1e-6)
+
+    v, v_old, ret = (rng.normal(size=mask.shape).astype(np.float32) for _ in range(3))
+    vloss, _ = ppo_value_loss(v, v_old, ret, mask, clip=0.2)
+    vc = v_old + np.clip(v - v_old, -0.2, 0.2)
+    ref = 0.5 * (np.maximum((v - ret) ** 2, (vc - ret) ** 2) * mask).sum() / mask.sum()
+    np.testing.assert_allclose(float(vloss), ref, atol=1e-6)
+
+
+def test_kl_estimators_and_whitening():
+    rng, mask = random_masked(0)
+    lp, ref = (rng.normal(size=mask.shape).astype(np.float32) for _ in range(2))
+    np.testing.assert_allclose(np.asarray(kl_penalty(lp, ref, "k1")), lp - ref, atol=1e-6)
+    r = np.exp(ref - lp)
+    np.testing.assert_allclose(np.asarray(kl_penalty(lp, ref, "k3")), (r - 1) - np.log(r), atol=1e-5)
+    assert (np.asarray(kl_penalty(lp, ref, "k3")) >= -1e-7).all()
+    w = np.asarray(masked_whiten(lp, mask))
+    valid = mask.astype(bool)
+    np.testing.assert_allclose([w[valid].mean(), w[valid].std()], [0.0, 1.0], atol=1e-4)
+    assert not w[~valid].any()
+
+
+def test_adaptive_kl_controller_formula():
+    beta = np.float32(0.1)
+    for kl, target in [(12.0, 6.0), (1.0, 6.0), (6.6, 6.0)]:
+        expected = beta * (1 + np.clip(kl / target - 1, -0.2, 0.2) * 64 / 10000)
+        got = adaptive_kl_coef(beta, np.float32(kl), target=target, horizon=10000, batch_size=64)
+        np.testing.assert_allclose(float(got), expected, rtol=1e-6)
+    assert float(adaptive_kl_coef(beta, np.float32(50.0), target=None, horizon=1, batch_size=1)) == beta
+
+
+def test_shaped_rewards_put_score_at_last_token_and_penalise_missing_eos():
+    mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], np.float32)
+    lp = np.full((2, 4), -1.0, np.float32)
+    ref = np.full((2, 4), -1.5, np.float32)
+    hyper = PPOHyper(missing_eos_penalty=-2.0)
+    rewards, kl, scores = shape_rewards(np.array([1.0, 1.0]), lp, ref, mask, np.array([True, False]),
+                                        np.float32(0.1), hyper)
+    expected = -0.1 * 0.5 * mask
+    expected[0, 2] += 1.0
+    expected[1, 3] += 1.0 - 2.0
+    np.testing.assert_allclose(np.asarray(rewards), expected, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(scores), [1.0, -1.0])
