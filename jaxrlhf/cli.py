@@ -33,6 +33,7 @@ commands available in this version:
   rm           train a reward model on ranked answers (K-wise ranking loss)
   dpo          direct preference optimisation against a frozen reference
   ppo          RLHF with PPO against a reward model and/or rule rewards
+  generate     generate responses for a file of prompts (KV-cache sampler)
   export       write a training run's checkpoint as a transformers folder
   init-model   create a randomly initialised model (sharded on the mesh) and save it
                as a Hugging Face folder
@@ -273,6 +274,55 @@ def run_export(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- generate
+
+
+def add_generate(sub) -> None:
+    p = sub.add_parser(
+        "generate", help="generate responses for a file of prompts",
+        description="Decode responses with the KV-cache sampler for every row of a prompts file "
+                    "(JSONL/JSON/parquet rows with 'prompt' or 'messages'); writes JSONL with each "
+                    "row's fields plus response, response_tokens and finished. Greedy by default.")
+    p.add_argument("model", metavar="MODEL_DIR", help="Hugging Face folder with a tokenizer")
+    p.add_argument("--prompts", required=True, metavar="FILE")
+    p.add_argument("--out", required=True, metavar="FILE", help="JSONL to write")
+    p.add_argument("--max-new-tokens", type=int, default=128)
+    p.add_argument("--temperature", type=float, default=0.0, help="0: greedy")
+    p.add_argument("--top-k", type=int, default=0)
+    p.add_argument("--top-p", type=float, default=1.0)
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--max-prompt-length", type=int, default=256)
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--mesh", default="data=-1,fsdp=1,tensor=1")
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--strict", action="store_true", help="stop at the first bad prompt row")
+    p.set_defaults(run=run_generate)
+
+
+def run_generate(args) -> int:
+    from jaxrlhf.config import ConfigError
+    from jaxrlhf.generate import SamplingConfig
+    from jaxrlhf.sharding import MeshConfig
+    from jaxrlhf.stages.sample import generate_file
+
+    try:
+        config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
+                                top_k=args.top_k, top_p=args.top_p)
+        mesh_config = MeshConfig.parse(args.mesh)
+    except ValueError as e:
+        raise ConfigError(str(e)) from None
+    mesh = _mesh_or_error(mesh_config, "--mesh")
+    if args.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
+        raise ConfigError(f"--batch-size {args.batch_size} must be a multiple of data x fsdp "
+                          f"= {mesh.shape['data'] * mesh.shape['fsdp']}")
+    stats = generate_file(args.model, args.prompts, args.out, config=config, batch_size=args.batch_size,
+                          max_prompt_length=args.max_prompt_length, seed=args.seed, mesh=mesh,
+                          dtype=args.dtype, strict=args.strict)
+    print(f"wrote {stats['rows']} rows to {args.out}: {stats['generated_tokens']} tokens in "
+          f"{stats['seconds']:.1f}s ({stats['generated_tokens'] / max(stats['seconds'], 1e-9):.0f} tokens/s)")
+    return 0
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -298,7 +348,8 @@ def _fmt_bytes(n: float) -> str:
     return f"{n}"
 
 
-COMMANDS = (_stage_adder("sft"), _stage_adder("rm"), _stage_adder("dpo"), _stage_adder("ppo"), add_export,
+COMMANDS = (_stage_adder("sft"), _stage_adder("rm"), _stage_adder("dpo"), _stage_adder("ppo"), add_generate,
+            add_export,
             add_init_model, add_inspect)
 
 

@@ -22,7 +22,8 @@ def _stage_config(module, name):
 
 RUN_CONFIG_DIRS = {"init": lambda: RunConfig, "rm": _rm_config,
                    "sft": _stage_config("jaxrlhf.stages.sft", "SFTConfig"),
-                   "dpo": _stage_config("jaxrlhf.stages.dpo", "DPOConfig")}
+                   "dpo": _stage_config("jaxrlhf.stages.dpo", "DPOConfig"),
+                   "ppo": _stage_config("jaxrlhf.stages.ppo", "PPOConfig")}
 
 
 def all_configs():
@@ -42,7 +43,8 @@ def test_every_shipped_config_loads(path):
     cfg = load_config(RUN_CONFIG_DIRS[folder](), path)
     if cfg.model.arch:
         assert resolve_path(cfg.model.arch, path).exists(), cfg.model.arch
-    for data_file in getattr(getattr(cfg, "data", None), "train_files", ()):
+    data = getattr(cfg, "data", None)
+    for data_file in getattr(data, "train_files", ()) + getattr(data, "prompt_files", ()):
         assert resolve_path(data_file, path).exists(), data_file
 
 

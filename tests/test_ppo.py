@@ -132,3 +132,16 @@ def test_sigkill_and_resume_equals_uninterrupted(setup, tmp_path):
     resumed = load_file(killed / "final" / "model.safetensors")
     for key in straight:
         np.testing.assert_allclose(resumed[key], straight[key], atol=1e-6, err_msg=key)
+
+
+def test_generate_command_keeps_every_row(setup, tmp_path, capsys):
+    model, _ = setup
+    rows = [{"prompt": "q: abc ", "limit": 3}, {"prompt": "q: zzz yy "}, {"prompt": "q: é€ unseen"}]
+    prompts = write_jsonl(rows, tmp_path / "p.jsonl")
+    out = tmp_path / "out.jsonl"
+    assert main(["generate", str(model), "--prompts", str(prompts), "--out", str(out),
+                 "--max-new-tokens", "6", "--batch-size", "2", "--mesh", "data=1,fsdp=1,tensor=1"]) == 0
+    written = [json.loads(line) for line in out.read_text().splitlines()]
+    assert [w["prompt"] for w in written] == [r["prompt"] for r in rows]
+    assert written[0]["limit"] == 3 and all(0 <= w["response_tokens"] <= 6 for w in written)
+    assert "wrote 3 rows" in capsys.readouterr().out
