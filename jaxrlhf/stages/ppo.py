@@ -83,6 +83,7 @@ class PPOConfig:
     tokenizer: str | None = None  # default: model.path
     reference_path: str | None = None  # default: model.path (the SFT policy)
     critic_path: str | None = None  # default: the reward model if there is one, else model.path
+    critic_zero_head: bool = True  # value head starts at zero; false keeps a reward model's head
     model: ModelConfig = ModelConfig()
     mesh: MeshConfig = MeshConfig()
     data: PPODataConfig = PPODataConfig()
@@ -209,7 +210,8 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
     model_rewards = [r for r in cfg.rewards if r.kind == "model"]
     critic_path = cfg.critic_path or (model_rewards[0].path if model_rewards else cfg.model.path)
     critic = reward_model_from_pretrained(critic_path, remat=cfg.model.remat, zero_init=True, seed=cfg.seed, **common)
-    critic.score.set_value(jnp.zeros_like(critic.score.get_value()))  # value head starts at zero
+    if cfg.critic_zero_head:  # a reward model's head predicts scores, not returns: start from zero
+        critic.score.set_value(jnp.zeros_like(critic.score.get_value()))
     scorer = Scorer(cfg.rewards, tokenizer=tokenizer, policy_vocab=actor.config.vocab_size,
                     mesh=mesh, dtype=cfg.model.dtype)
 
