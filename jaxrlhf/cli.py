@@ -29,6 +29,9 @@ save transformers folders (safetensors).
 
 EPILOG = """\
 commands available in this version:
+  demo         the length-control experiment end to end: data -> SFT -> RM -> PPO vs DPO
+  data         build task data (length-control)
+  eval         evaluate a model on a task (length-control)
   sft          supervised fine-tuning (loss on response tokens only)
   rm           train a reward model on ranked answers (K-wise ranking loss)
   dpo          direct preference optimisation against a frozen reference
@@ -348,8 +351,10 @@ def _fmt_bytes(n: float) -> str:
     return f"{n}"
 
 
-COMMANDS = (_stage_adder("sft"), _stage_adder("rm"), _stage_adder("dpo"), _stage_adder("ppo"), add_generate,
-            add_export,
+from jaxrlhf.cli_tasks import add_data, add_demo, add_eval  # noqa: E402
+
+COMMANDS = (_stage_adder("sft"), _stage_adder("rm"), _stage_adder("dpo"), _stage_adder("ppo"), add_demo,
+            add_data, add_eval, add_generate, add_export,
             add_init_model, add_inspect)
 
 

@@ -23,7 +23,8 @@ def _stage_config(module, name):
 RUN_CONFIG_DIRS = {"init": lambda: RunConfig, "rm": _rm_config,
                    "sft": _stage_config("jaxrlhf.stages.sft", "SFTConfig"),
                    "dpo": _stage_config("jaxrlhf.stages.dpo", "DPOConfig"),
-                   "ppo": _stage_config("jaxrlhf.stages.ppo", "PPOConfig")}
+                   "ppo": _stage_config("jaxrlhf.stages.ppo", "PPOConfig"),
+                   "length_control": _stage_config("jaxrlhf.stages.demo", "DemoConfig")}
 
 
 def all_configs():
@@ -41,7 +42,7 @@ def test_every_shipped_config_loads(path):
         return
     assert folder in RUN_CONFIG_DIRS, f"no loader registered for configs/{folder}/"
     cfg = load_config(RUN_CONFIG_DIRS[folder](), path)
-    if cfg.model.arch:
+    if getattr(cfg.model, "arch", None):
         assert resolve_path(cfg.model.arch, path).exists(), cfg.model.arch
     data = getattr(cfg, "data", None)
     for data_file in getattr(data, "train_files", ()) + getattr(data, "prompt_files", ()):

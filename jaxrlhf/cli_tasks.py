@@ -1,0 +1,111 @@
+"""``jaxrlhf demo``, ``jaxrlhf data TASK`` and ``jaxrlhf eval TASK``: the task commands."""
+
+from __future__ import annotations
+
+
+def _add_config_args(p) -> None:
+    from jaxrlhf.cli import _add_config_args as add
+    add(p)
+
+
+# --------------------------------------------------------------------------- length-control task
+
+SIZES = {
+    # a few-minute smoke run of the whole pipeline (the numbers mean little at this size)
+    "smoke": ["data.n_sft=120", "data.n_rm=60", "data.n_test=16", "data.n_ppo_prompts=64",
+              "sft.train.epochs=1", "rm.train.epochs=1", "ppo.train.iterations=2",
+              "ppo.train.batch_size=16", "ppo.rollout.max_new_tokens=24", "dpo.train.epochs=1",
+              "max_length=192", "max_prompt_length=160"],
+    "default": [],
+}
+
+
+def add_demo(sub) -> None:
+    p = sub.add_parser(
+        "demo", help="the length-control RLHF experiment end to end (no arguments needed)",
+        description="Build the length-controlled summarisation data, train a tiny Llama from scratch "
+                    "(SFT), a reward model on ranked answers, PPO against that reward model and DPO, "
+                    "evaluate SFT, DPO and PPO on the test split and write report.md. Stages that "
+                    "finished are skipped on a re-run; interrupted ones resume.",
+        epilog="example: jaxrlhf demo --out runs/length-control --set ppo.train.iterations=150")
+    _add_config_args(p)
+    p.add_argument("--out", metavar="DIR", help="run folder (default: runs/length-control)")
+    p.add_argument("--source", nargs="+", metavar="FILE",
+                   help="your own paragraphs: .txt (blank-line separated) or .jsonl with 'text'")
+    p.add_argument("--size", choices=sorted(SIZES), default="default",
+                   help="'smoke' runs every stage in a few minutes at a meaningless size")
+    p.set_defaults(run=run_demo_command)
+
+
+def run_demo_command(args) -> int:
+    from jaxrlhf.config import load_config
+    from jaxrlhf.stages.demo import DemoConfig, run_demo
+
+    overrides = list(SIZES[args.size]) + list(args.overrides)
+    if args.out:
+        overrides.append(f"output_dir={args.out}")
+    if args.source:
+        overrides.append("source=[" + ",".join(args.source) + "]")
+    cfg = load_config(DemoConfig, args.config, overrides)
+    result = run_demo(cfg)
+    scores = ", ".join(f"{k.upper()} {v:.3f}" for k, v in result["scores"].items())
+    print(f"demo finished in {result['seconds'] / 60:.1f} min: mean length score {scores}; "
+          f"report: {result['report']}")
+    return 0
+
+
+def add_data(sub) -> None:
+    p = sub.add_parser("data", help="build task data sets",
+                       description="Build the data of a task.")
+    tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
+    lc = tasks.add_parser(
+        "length-control", help="length-controlled summarisation data",
+        description="Write sft.jsonl, rm.jsonl (3 ranked answers per prompt), dpo.jsonl, "
+                    "ppo_prompts.jsonl and test.jsonl for the length-control task, deterministically "
+                    "from the seed, from the embedded source text or --source files.")
+    lc.add_argument("--out", required=True, metavar="DIR")
+    lc.add_argument("--source", nargs="+", metavar="FILE")
+    lc.add_argument("--seed", type=int, default=0)
+    lc.add_argument("--n-sft", type=int, default=3000)
+    lc.add_argument("--n-rm", type=int, default=1500)
+    lc.add_argument("--n-test", type=int, default=260)
+    lc.add_argument("--n-ppo-prompts", type=int, default=1000)
+    lc.set_defaults(run=run_data_length_control)
+
+
+def run_data_length_control(args) -> int:
+    from jaxrlhf.tasks.length_control import build_length_control_data
+
+    files = build_length_control_data(args.out, seed=args.seed, source=args.source, n_sft=args.n_sft,
+                                      n_rm=args.n_rm, n_test=args.n_test, n_ppo_prompts=args.n_ppo_prompts)
+    for name, path in sorted(files.items()):
+        print(f"{name:<12} {path}")
+    return 0
+
+
+def add_eval(sub) -> None:
+    p = sub.add_parser("eval", help="evaluate a model on a task", description="Evaluate a model on a task.")
+    tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
+    lc = tasks.add_parser(
+        "length-control", help="mean length score of greedy answers",
+        description="Decode every prompt greedily, count the answer's characters (whitespace "
+                    "excluded) and score it against the prompt's limit (the 'limit' field, or parsed "
+                    "from the prompt); write predictions and print the mean score and the "
+                    "distribution over the six score levels.")
+    lc.add_argument("--model", required=True, metavar="DIR")
+    lc.add_argument("--data", required=True, metavar="FILE", help='JSONL of {"prompt"[, "limit"]}')
+    lc.add_argument("--out", required=True, metavar="FILE", help="predictions JSONL to write")
+    lc.add_argument("--batch-size", type=int, default=32)
+    lc.add_argument("--max-prompt-length", type=int, default=384)
+    lc.set_defaults(run=run_eval_length_control)
+
+
+def run_eval_length_control(args) -> int:
+    from jaxrlhf.tasks.length_control import evaluate_length_control, format_distribution
+
+    result = evaluate_length_control(args.model, args.data, args.out, batch_size=args.batch_size,
+                                     max_prompt_length=args.max_prompt_length)
+    print(f"mean length score {result['mean_score']:.3f} over {result['scored_rows']} rows "
+          f"({result['no_limit_rows']} without a limit); predictions: {args.out}")
+    print(format_distribution(result))
+    return 0

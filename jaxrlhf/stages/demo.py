@@ -1,0 +1,196 @@
+"""``jaxrlhf demo``: the length-controlled summarisation experiment end to end.
+
+build data -> char tokenizer + tiny Llama from scratch -> SFT -> reward model (ranked
+answers) -> PPO (from SFT, reward = the learned RM) -> DPO (from SFT) -> greedy eval of
+SFT, DPO and PPO on the test split -> report.md with the seed-style table and curves.
+
+Every stage is the ordinary stage function with an ordinary config (written to its run
+folder); a stage whose results.json exists is skipped, one with checkpoints is resumed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import time
+from pathlib import Path
+
+from jaxrlhf.config import from_dict, save_config, to_dict
+from jaxrlhf.sharding import MeshConfig
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoDataConfig:
+    n_sft: int = 3000
+    n_rm: int = 1500
+    n_test: int = 260
+    n_ppo_prompts: int = 1000
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoModelConfig:
+    """The tiny Llama trained from scratch (keys as in transformers' config.json)."""
+
+    hidden_size: int = 128
+    intermediate_size: int = 352
+    num_hidden_layers: int = 4
+    num_attention_heads: int = 4
+    num_key_value_heads: int = 2
+    max_position_embeddings: int = 512
+
+
+@dataclasses.dataclass(frozen=True)
+class DemoConfig:
+    output_dir: str = "runs/length-control"
+    seed: int = 0
+    source: tuple[str, ...] = ()  # your own paragraphs (.txt or .jsonl with "text"); default: embedded
+    mesh: MeshConfig = MeshConfig(data=-1, fsdp=1, tensor=1)
+    max_length: int = 320  # tokens per prompt+answer sequence (SFT, RM, DPO)
+    max_prompt_length: int = 256  # PPO / eval prompts (left-padded)
+    data: DemoDataConfig = DemoDataConfig()
+    model: DemoModelConfig = DemoModelConfig()
+    # per-stage settings, merged into the stage configs (any stage key may be given)
+    sft: dict = dataclasses.field(default_factory=lambda: {
+        "train": {"epochs": 3, "batch_size": 16, "eval_every": 200, "log_every": 10,
+                  "optim": {"learning_rate": 2.0e-3, "warmup_steps": 30, "weight_decay": 0.01}},
+        "data": {"packing": True, "eval_fraction": 0.05}})
+    rm: dict = dataclasses.field(default_factory=lambda: {
+        "train": {"epochs": 1, "batch_size": 8, "eval_every": 100, "log_every": 10,
+                  "optim": {"learning_rate": 5.0e-4, "warmup_steps": 20}},
+        "data": {"eval_fraction": 0.1}})
+    ppo: dict = dataclasses.field(default_factory=lambda: {
+        "rollout": {"max_new_tokens": 168, "temperature": 1.0},
+        "kl": {"coef": 0.05},
+        "train": {"iterations": 100, "batch_size": 32, "epochs": 2, "minibatches": 2,
+                  "save_every": 25, "actor_optim": {"learning_rate": 2.0e-4, "schedule": "constant"},
+                  "critic_optim": {"learning_rate": 5.0e-4, "schedule": "constant"}}})
+    dpo: dict = dataclasses.field(default_factory=lambda: {
+        "train": {"epochs": 1, "batch_size": 8, "log_every": 10,
+                  "optim": {"learning_rate": 2.0e-4, "warmup_steps": 10}},
+        "loss": {"beta": 0.1}, "data": {"eval_fraction": 0.1}})
+
+    def __hash__(self):
+        return hash(self.output_dir)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def stage_configs(cfg: DemoConfig, out: Path, data: dict[str, Path]) -> dict:
+    """The four stage configs of the demo, as the stage commands would load them."""
+    from jaxrlhf.stages.dpo import DPOConfig
+    from jaxrlhf.stages.ppo import PPOConfig
+    from jaxrlhf.stages.rm import RMConfig
+    from jaxrlhf.stages.sft import SFTConfig
+
+    mesh = to_dict(cfg.mesh)
+    sft = _merge({"seed": cfg.seed, "output_dir": str(out / "sft"), "tokenizer": str(out / "base"),
+                  "model": {"path": str(out / "base")}, "mesh": mesh,
+                  "data": {"train_files": [str(data["sft"])], "max_length": cfg.max_length}}, cfg.sft)
+    rm = _merge({"seed": cfg.seed, "output_dir": str(out / "rm"), "model": {"path": str(out / "sft" / "final")},
+                 "mesh": mesh, "data": {"train_files": [str(data["rm"])], "max_length": cfg.max_length}}, cfg.rm)
+    ppo = _merge({"seed": cfg.seed, "output_dir": str(out / "ppo"), "model": {"path": str(out / "sft" / "final")},
+                  "mesh": mesh, "data": {"prompt_files": [str(data["ppo_prompts"])],
+                                         "max_prompt_length": cfg.max_prompt_length},
+                  "rewards": [{"kind": "model", "path": str(out / "rm" / "final")}]}, cfg.ppo)
+    dpo = _merge({"seed": cfg.seed, "output_dir": str(out / "dpo"), "model": {"path": str(out / "sft" / "final")},
+                  "mesh": mesh, "data": {"train_files": [str(data["dpo"])], "max_length": cfg.max_length}}, cfg.dpo)
+    return {"sft": from_dict(SFTConfig, sft, "demo sft"), "rm": from_dict(RMConfig, rm, "demo rm"),
+            "ppo": from_dict(PPOConfig, ppo, "demo ppo"), "dpo": from_dict(DPOConfig, dpo, "demo dpo")}
+
+
+def build_base_model(cfg: DemoConfig, out: Path, texts) -> Path:
+    """A char tokenizer over the data and a randomly initialised tiny Llama, as an HF folder."""
+    from jaxrlhf.models import LlamaConfig, create_model, save_pretrained
+    from jaxrlhf.tasks.length_control import build_char_tokenizer
+
+    base = out / "base"
+    if (base / "model.safetensors").exists():
+        return base
+    tokenizer = build_char_tokenizer(texts)
+    m = cfg.model
+    arch = LlamaConfig(vocab_size=len(tokenizer), hidden_size=m.hidden_size,
+                       intermediate_size=m.intermediate_size, num_hidden_layers=m.num_hidden_layers,
+                       num_attention_heads=m.num_attention_heads, num_key_value_heads=m.num_key_value_heads,
+                       max_position_embeddings=m.max_position_embeddings, tie_word_embeddings=True,
+                       extra_json=json.dumps({"bos_token_id": tokenizer.bos_token_id,
+                                              "eos_token_id": tokenizer.eos_token_id,
+                                              "pad_token_id": tokenizer.pad_token_id}))
+    save_pretrained(create_model(arch, seed=cfg.seed), base, tokenizer=tokenizer)
+    return base
+
+
+def _texts(data: dict[str, Path]):
+    for name in ("sft", "rm", "dpo", "ppo_prompts", "test"):
+        for line in data[name].read_text(encoding="utf-8").splitlines():
+            row = json.loads(line)
+            for key in ("prompt", "response", "chosen", "rejected"):
+                if isinstance(row.get(key), str):
+                    yield row[key]
+            for answer in row.get("response", []) if isinstance(row.get("response"), list) else []:
+                yield answer[0] if isinstance(answer, list) else answer
+
+
+def run_demo(cfg: DemoConfig) -> dict:
+    from jaxrlhf.stages.dpo import run_dpo
+    from jaxrlhf.stages.ppo import run_ppo
+    from jaxrlhf.stages.rm import run_rm
+    from jaxrlhf.stages.sft import run_sft
+    from jaxrlhf.tasks.length_control import build_length_control_data, evaluate_length_control
+    from jaxrlhf.tasks.length_control.report import write_report
+
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    save_config(cfg, out / "demo_config.yaml")
+    timings: dict[str, float] = {}
+    started = time.perf_counter()
+
+    def timed(name, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        result = fn(*args, **kwargs)
+        timings[name] = time.perf_counter() - t0
+        log.info("demo: %s done in %.0fs", name, timings[name])
+        return result
+
+    data_dir = out / "data"
+    if (data_dir / "meta.json").exists():
+        data = {p.stem: p for p in data_dir.glob("*.jsonl")}
+    else:
+        d = cfg.data
+        data = timed("data", build_length_control_data, data_dir, seed=cfg.seed,
+                     source=list(cfg.source) or None, n_sft=d.n_sft, n_rm=d.n_rm, n_test=d.n_test,
+                     n_ppo_prompts=d.n_ppo_prompts)
+    timed("base model", build_base_model, cfg, out, _texts(data))
+    configs = stage_configs(cfg, out, data)
+    runners = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo, "dpo": run_dpo}
+    results = {}
+    for name in ("sft", "rm", "ppo", "dpo"):
+        stage_out = Path(configs[name].output_dir)
+        if (stage_out / "results.json").exists():
+            log.info("demo: %s already finished, skipped", name)
+            results[name] = json.loads((stage_out / "results.json").read_text())
+            continue
+        resume = (stage_out / "checkpoints").exists()
+        results[name] = timed(name, runners[name], configs[name], resume=resume)
+
+    evals = {}
+    for name in ("sft", "dpo", "ppo"):
+        predictions = out / "eval" / f"{name}.jsonl"
+        summary = out / "eval" / f"{name}.json"
+        if summary.exists():
+            evals[name] = json.loads(summary.read_text())
+            continue
+        evals[name] = timed(f"eval {name}", evaluate_length_control, Path(configs[name].output_dir) / "final",
+                            data["test"], predictions, max_prompt_length=cfg.max_prompt_length)
+        summary.write_text(json.dumps(evals[name], indent=2))
+    timings["total"] = time.perf_counter() - started
+    report = write_report(out, evals=evals, results=results, timings=timings)
+    return {"report": str(report), "scores": {k: v["mean_score"] for k, v in evals.items()},
+            "seconds": timings["total"]}

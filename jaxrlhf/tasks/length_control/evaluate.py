@@ -1,0 +1,102 @@
+"""Evaluate length control as the seed does: greedy answers to the test prompts, the mean
+rule score and how the answers spread over the six score levels.
+
+Rows whose limit is unknown (no ``limit`` field and none in the prompt) are kept in the
+output with ``score: null`` and counted in ``no_limit_rows``, never silently dropped, so
+a bad test file shows up in the report instead of inflating the mean.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+from jaxrlhf.tasks.length_control.score import SCORE_LEVELS, count_chars, row_limit, score_count
+
+MAX_NEW_TOKENS_CAP = 200
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    rows = []
+    for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
+        if line.strip():
+            row = json.loads(line)
+            if not isinstance(row, dict):
+                raise ValueError(f"{path}:{number}: expected a JSON object")
+            rows.append(row)
+    return rows
+
+
+def score_rows(rows: list[dict]) -> list[dict]:
+    """Each row plus ``limit`` (field or parsed), ``chars`` (count_chars of the response) and
+    ``score`` (null when the limit is unknown)."""
+    out = []
+    for row in rows:
+        prompt, response = str(row.get("prompt", "")), str(row.get("response", ""))
+        limit = row_limit(prompt, row)
+        chars = count_chars(response)
+        out.append({**row, "limit": limit, "chars": chars,
+                    "score": None if limit is None else score_count(chars, limit)})
+    return out
+
+
+def summarize(scored: list[dict]) -> dict:
+    """Mean score over rows with a limit, the per-level counts and the rows without a limit."""
+    values = [r["score"] for r in scored if r["score"] is not None]
+    return {"mean_score": sum(values) / len(values) if values else None,
+            "rows": len(scored), "scored_rows": len(values),
+            "distribution": {str(level): values.count(level) for level in SCORE_LEVELS},
+            "no_limit_rows": len(scored) - len(values)}
+
+
+def evaluate_predictions(predictions_file: str | os.PathLike, out_file: str | os.PathLike | None = None) -> dict:
+    """Score a JSONL file of ``{"prompt", "response", ["limit"]}`` rows; with ``out_file`` the
+    rows are written there with ``limit``/``chars``/``score`` added."""
+    scored = score_rows(read_jsonl(predictions_file))
+    if out_file is not None:
+        Path(out_file).write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in scored),
+                                  encoding="utf-8")
+    return summarize(scored)
+
+
+def default_max_new_tokens(data_file: str | os.PathLike) -> int:
+    """Room for twice the largest limit in the file plus 8 (a char tokenizer spends a token per
+    character; overshooting must stay visible), capped to keep decoding cheap."""
+    limits = [row_limit(str(r.get("prompt", "")), r) for r in read_jsonl(data_file)]
+    limits = [n for n in limits if n is not None]
+    return min(2 * max(limits) + 8, MAX_NEW_TOKENS_CAP) if limits else MAX_NEW_TOKENS_CAP
+
+
+def evaluate_length_control(model_dir: str | os.PathLike, data_file: str | os.PathLike,
+                            out_file: str | os.PathLike, *, batch_size: int = 32, max_new_tokens: int | None = None,
+                            max_prompt_length: int = 384, mesh=None) -> dict:
+    """Greedy-decode ``data_file``'s prompts with the model in ``model_dir``, score every row and
+    rewrite ``out_file`` with the scores; returns :func:`summarize`'s dict plus the decoding
+    report under ``"generation"``."""
+    from jaxrlhf.generate import SamplingConfig
+    from jaxrlhf.stages.sample import generate_file
+
+    if max_new_tokens is None:
+        max_new_tokens = default_max_new_tokens(data_file)
+    config = SamplingConfig(max_new_tokens=max_new_tokens, temperature=0.0)
+    generation = generate_file(str(model_dir), str(data_file), str(out_file), config=config,
+                               batch_size=batch_size, max_prompt_length=max_prompt_length, mesh=mesh)
+    result = evaluate_predictions(out_file, out_file)
+    return {**result, "max_new_tokens": max_new_tokens, "generation": generation}
+
+
+def format_distribution(result: dict) -> str:
+    """The six score levels as a small table (rows and share), with the mean and the rows
+    that had no limit."""
+    scored = result.get("scored_rows") or 0
+    lines = ["score  rows  share", "-----  ----  -----"]
+    for level in SCORE_LEVELS:
+        n = result["distribution"].get(str(level), 0)
+        share = f"{100 * n / scored:5.1f}%" if scored else "    -"
+        lines.append(f"{level:5.1f}  {n:4d}  {share}")
+    mean = result.get("mean_score")
+    lines.append(f"mean score {mean:.3f} over {scored} rows" if mean is not None else "mean score - (no scored rows)")
+    if result.get("no_limit_rows"):
+        lines.append(f"{result['no_limit_rows']} rows without a limit (not scored)")
+    return "\n".join(lines)

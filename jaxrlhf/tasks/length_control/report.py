@@ -1,0 +1,97 @@
+"""The demo's report: the seed-style score table, examples, RM figures, curves, timings."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+LEVELS = ("1.0", "0.9", "0.8", "0.7", "0.6", "0.0")
+NAMES = {"sft": "SFT", "dpo": "DPO", "ppo": "RLHF (PPO + learned RM)"}
+SEED = {"sft": 0.633, "dpo": 0.749, "ppo": 0.824}
+
+
+def _metrics(path: Path, split: str) -> list[dict]:
+    if not path.exists():
+        return []
+    return [r for r in map(json.loads, path.read_text().splitlines()) if r.get("split") == split]
+
+
+def plot_losses(run_dir: Path, out_png: Path, title: str) -> Path | None:
+    """Train and eval loss over steps from a run's metrics.jsonl."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    train, eval_ = _metrics(run_dir / "metrics.jsonl", "train"), _metrics(run_dir / "metrics.jsonl", "eval")
+    if not train:
+        return None
+    fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
+    ax.plot([r["step"] for r in train], [r["loss"] for r in train], label="train", lw=1.2)
+    if eval_:
+        ax.plot([r["step"] for r in eval_], [r["loss"] for r in eval_], "o-", label="eval", lw=1.2)
+    ax.set_xlabel("step")
+    ax.set_title(title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png)
+    plt.close(fig)
+    return out_png
+
+
+def _cell(text: str, limit: int = 60) -> str:
+    text = text.replace("|", "\\|").replace("\n", " ")
+    return text if len(text) <= limit else text[:limit] + "…"
+
+
+def write_report(out: Path, *, evals: dict, results: dict, timings: dict) -> Path:
+    out = Path(out)
+    lines = ["# Length-controlled summarisation: SFT vs DPO vs RLHF", ""]
+    n = evals["sft"]["rows"]
+    lines += [f"Mean length score on the test split ({n} prompts, greedy decoding), with the number of "
+              "answers at each score level:", "",
+              "| model | mean score | " + " | ".join(LEVELS) + " | seed's result |",
+              "|---|---|" + "---|" * len(LEVELS) + "---|"]
+    for key in ("sft", "dpo", "ppo"):
+        e = evals[key]
+        dist = " | ".join(str(e["distribution"].get(level, 0)) for level in LEVELS)
+        lines.append(f"| {NAMES[key]} | **{e['mean_score']:.3f}** | {dist} | {SEED[key]:.3f} |")
+    rm_eval = (results.get("rm") or {}).get("eval", {})
+    rm_train = _metrics(out / "rm" / "metrics.jsonl", "train")
+    sft_eval = (results.get("sft") or {}).get("eval", {})
+    nan = float("nan")
+    rm_sentence = ("Reward model (3 ranked answers per prompt, K-wise ranking loss): "
+                   + (f"train loss {rm_train[-1]['loss']:.4f}, " if rm_train else "")
+                   + f"eval loss {rm_eval.get('loss', nan):.4f}, eval pairwise accuracy "
+                   f"{rm_eval.get('pair_accuracy', nan):.3f}, top-1 accuracy {rm_eval.get('top1_accuracy', nan):.3f}. "
+                   f"SFT eval loss {sft_eval.get('loss', nan):.4f} (perplexity {sft_eval.get('perplexity', nan):.2f}).")
+    lines += ["", rm_sentence, ""]
+
+    predictions = {k: [json.loads(l) for l in (out / "eval" / f"{k}.jsonl").read_text(encoding="utf-8").splitlines()]
+                   for k in ("sft", "dpo", "ppo") if (out / "eval" / f"{k}.jsonl").exists()}
+    if predictions:
+        lines += ["## Examples", "", "| prompt | limit | SFT | DPO | RLHF |", "|---|---|---|---|---|"]
+        for i in range(min(8, len(predictions.get("sft", [])))):
+            row = predictions["sft"][i]
+            answers = []
+            for key in ("sft", "dpo", "ppo"):
+                p = predictions.get(key, [{}] * (i + 1))[i]
+                answers.append(f"{_cell(p.get('response', ''), 40)} ({p.get('chars', '?')} chars, "
+                               f"score {p.get('score')})")
+            lines.append(f"| {_cell(row['prompt'])} | {row.get('limit')} | " + " | ".join(answers) + " |")
+        lines.append("")
+
+    curves = []
+    for run, title, png in (("sft", "SFT loss", "sft_loss.png"), ("rm", "reward model loss", "rm_loss.png")):
+        if plot_losses(out / run, out / png, title):
+            curves.append(f"![{title}]({png})")
+    for name in ("score", "kl", "policy_loss", "value_loss"):
+        if (out / "ppo" / f"ppo_{name}.png").exists():
+            curves.append(f"![PPO {name.replace('_', ' ')}](ppo/ppo_{name}.png)")
+    if curves:
+        lines += ["## Curves", ""] + curves + [""]
+    lines += ["## Time", "", "| step | seconds |", "|---|---|"]
+    lines += [f"| {k} | {v:.0f} |" for k, v in timings.items()]
+    path = out / "report.md"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return path
