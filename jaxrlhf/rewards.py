@@ -52,6 +52,7 @@ class RewardSource:
     name: str | None = None  # kind=rule: the registered name
     weight: float = 1.0
     normalize: bool = True  # kind=model: apply the RM's stored gain/bias (eval mean 0, std 1)
+    include_eos: bool = True  # kind=model: score with the EOS token, as an RM trained with data.append_eos
     kwargs: dict = dataclasses.field(default_factory=dict)  # kind=rule: extra arguments
 
     def __post_init__(self):
@@ -63,7 +64,7 @@ class RewardSource:
             raise ValueError("a rule reward needs name: a registered rule")
 
     def __hash__(self):
-        return hash((self.kind, self.path, self.name, self.weight, self.normalize,
+        return hash((self.kind, self.path, self.name, self.weight, self.normalize, self.include_eos,
                      tuple(sorted(self.kwargs.items()))))
 
 

@@ -87,6 +87,14 @@ def test_errors_name_the_key(tmp_path, text, overrides, needles):
         assert needle in message, message
 
 
+def test_exponent_without_dot_is_a_float(tmp_path):
+    from jaxrlhf.stages.sft import SFTConfig
+    cfg = load_config(SFTConfig, None, ["model.path=x", "train.optim.learning_rate=1e-3"])
+    assert cfg.train.optim.learning_rate == 1e-3
+    with pytest.raises(ConfigError, match="expected float"):
+        load_config(SFTConfig, None, ["model.path=x", "train.optim.learning_rate=fast"])
+
+
 def test_missing_file_is_a_config_error(tmp_path):
     with pytest.raises(ConfigError, match="cannot read"):
         load_config(RunConfig, tmp_path / "nope.yaml")
@@ -102,3 +110,9 @@ def test_architecture_yaml_is_strict(tmp_path):
         config_from_hf({**hf, "num_key_value_heads": 3}, source="x.yaml")
     with pytest.raises(CheckpointError, match="unsupported rope_scaling type 'yarn'"):
         config_from_hf({**hf, "rope_parameters": {"rope_type": "yarn", "factor": 2.0}}, source="x.yaml")
+
+
+def test_demo_yaml_spells_out_the_builtin_defaults():
+    from jaxrlhf.config import to_dict
+    from jaxrlhf.stages.demo import DemoConfig
+    assert to_dict(load_config(DemoConfig, CONFIGS / "length_control" / "demo.yaml")) == to_dict(DemoConfig())

@@ -145,3 +145,32 @@ def test_generate_command_keeps_every_row(setup, tmp_path, capsys):
     assert [w["prompt"] for w in written] == [r["prompt"] for r in rows]
     assert written[0]["limit"] == 3 and all(0 <= w["response_tokens"] <= 6 for w in written)
     assert "wrote 3 rows" in capsys.readouterr().out
+
+
+def test_reward_model_scorer_reads_at_eos_or_last_answer_token(setup, tmp_path):
+    from jaxrlhf.models import reward_model_from_pretrained, save_pretrained
+    from jaxrlhf.rewards import RewardSource
+    from jaxrlhf.sharding import MeshConfig, make_mesh
+    from jaxrlhf.stages.ppo import Scorer
+    from rm_fixtures import char_tokenizer
+
+    model, _ = setup
+    save_pretrained(reward_model_from_pretrained(model, seed=2), tmp_path / "rm")
+    rm = reward_model_from_pretrained(tmp_path / "rm")
+    mesh = make_mesh(MeshConfig(1, 1, 1))
+    ids = np.array([[0, 20, 21, 5, 6, 2, 0], [22, 23, 24, 7, 8, 9, 2]], np.int32)  # prompt 3 + response 4
+    mask = (ids != 0).astype(np.int32)
+    mask[0, 6] = 0
+    response_mask, finished = mask[:, 3:], np.array([True, True])
+    scores = {}
+    for include_eos in (True, False):
+        scorer = Scorer([RewardSource(kind="model", path=str(tmp_path / "rm"), normalize=False,
+                                      include_eos=include_eos)],
+                        tokenizer=char_tokenizer(), policy_vocab=rm.config.vocab_size, mesh=mesh,
+                        dtype="float32")
+        scores[include_eos], _ = scorer(jax.numpy.asarray(ids), jax.numpy.asarray(mask), 3,
+                                        response_mask, finished, ["a", "b"], [{}, {}])
+    np.testing.assert_allclose(scores[True], np.asarray(rm(ids, mask)), atol=1e-5)
+    without_eos = mask.copy()
+    without_eos[0, 5], without_eos[1, 6] = 0, 0
+    np.testing.assert_allclose(scores[False], np.asarray(rm(ids, without_eos)), atol=1e-5)

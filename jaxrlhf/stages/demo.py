@@ -48,13 +48,13 @@ class DemoConfig:
     seed: int = 0
     source: tuple[str, ...] = ()  # your own paragraphs (.txt or .jsonl with "text"); default: embedded
     mesh: MeshConfig = MeshConfig(data=-1, fsdp=1, tensor=1)
-    max_length: int = 320  # tokens per prompt+answer sequence (SFT, RM, DPO)
-    max_prompt_length: int = 256  # PPO / eval prompts (left-padded)
+    max_length: int = 336  # tokens per prompt+answer sequence (SFT, RM, DPO)
+    max_prompt_length: int = 232  # PPO / eval prompts (left-padded)
     data: DemoDataConfig = DemoDataConfig()
     model: DemoModelConfig = DemoModelConfig()
     # per-stage settings, merged into the stage configs (any stage key may be given)
     sft: dict = dataclasses.field(default_factory=lambda: {
-        "train": {"epochs": 3, "batch_size": 16, "eval_every": 200, "log_every": 10,
+        "train": {"epochs": 4, "batch_size": 16, "eval_every": 200, "log_every": 10,
                   "optim": {"learning_rate": 2.0e-3, "warmup_steps": 30, "weight_decay": 0.01}},
         "data": {"packing": True, "eval_fraction": 0.05}})
     rm: dict = dataclasses.field(default_factory=lambda: {

@@ -113,6 +113,7 @@ class Scorer:
         from jaxrlhf.rewards import get_rule
 
         self.sources, self.tokenizer, self.models, self.rules = list(sources), tokenizer, {}, {}
+        self.eos_ids = [tokenizer.eos_token_id]
         for i, source in enumerate(self.sources):
             key = f"{source.kind}:{source.path or source.name}#{i}"
             if source.kind == "model":
@@ -123,7 +124,7 @@ class Scorer:
                 graphdef, state = nnx.split(rm)
                 forward = jax.jit(lambda s, ids, mask, g=graphdef, norm=source.normalize: (
                     (lambda m: m.normalized(m(ids, mask)) if norm else m(ids, mask))(nnx.merge(g, s))))
-                self.models[key] = (forward, state)
+                self.models[key] = (forward, state, source.include_eos)
             else:
                 self.rules[key] = functools.partial(get_rule(source.name), **source.kwargs)
         self.weights = {f"{s.kind}:{s.path or s.name}#{i}": s.weight for i, s in enumerate(self.sources)}
@@ -134,8 +135,12 @@ class Scorer:
         from jaxrlhf.rewards import TextBatch, combine
 
         parts = {}
-        for key, (forward, state) in self.models.items():
-            parts[key] = np.asarray(forward(state, input_ids, attention_mask))
+        for key, (forward, state, include_eos) in self.models.items():
+            mask = attention_mask
+            if not include_eos:  # the RM was trained on answers without EOS: read at the last answer token
+                eos = jnp.isin(input_ids[:, prompt_len:], jnp.asarray(self.eos_ids))
+                mask = mask.at[:, prompt_len:].set(mask[:, prompt_len:] * (~eos).astype(mask.dtype))
+            parts[key] = np.asarray(forward(state, input_ids, mask))
         if self.rules:
             tokens = np.asarray(input_ids)[:, prompt_len:]
             mask = np.asarray(response_mask)

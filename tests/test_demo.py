@@ -1,0 +1,28 @@
+"""`jaxrlhf demo` end to end at smoke size: every stage runs, the report is written, a
+re-run skips finished stages. (The score thresholds need the full size: see README.)"""
+
+import json
+import time
+
+from jaxrlhf.cli import main
+
+
+def test_demo_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--size", "smoke", "--out", str(out)]) == 0
+    assert "demo finished" in capsys.readouterr().out
+    for stage in ("sft", "rm", "ppo", "dpo"):
+        assert (out / stage / "results.json").exists(), stage
+        assert (out / stage / "final" / "config.json").exists(), stage
+    for model in ("sft", "dpo", "ppo"):
+        rows = [json.loads(l) for l in (out / "eval" / f"{model}.jsonl").read_text().splitlines()]
+        assert len(rows) == 16 and all("chars" in r and "score" in r for r in rows)
+    report = (out / "report.md").read_text()
+    for needle in ("| SFT |", "| DPO |", "| RLHF (PPO + learned RM) |", "Reward model", "## Examples",
+                   "sft_loss.png", "rm_loss.png", "ppo/ppo_kl.png"):
+        assert needle in report, needle
+    assert (out / "sft_loss.png").stat().st_size > 1000
+
+    start = time.perf_counter()
+    assert main(["demo", "--size", "smoke", "--out", str(out)]) == 0
+    assert time.perf_counter() - start < 30  # everything finished: only the report is rebuilt
