@@ -10,7 +10,6 @@ import torch
 import transformers
 from flax import nnx
 
-from hf_models import build_hf_model, tiny_llama_config
 from rm_fixtures import char_tokenizer, copy_pairs, copy_rows, tiny_model_folder, write_jsonl
 from jaxrlhf.cli import main
 from jaxrlhf.data import SFTExample, pack_sft, tokenize_sft

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 
-import jax.numpy as jnp
 from flax import nnx
 
 from jaxrlhf.models.base import ArchConfig, CausalLM, as_dtype

@@ -44,7 +44,7 @@ class Linear(nnx.Module):
                      if use_bias else None)
 
     def __call__(self, x: jax.Array) -> jax.Array:
-        n_in, n_out = len(self.in_shape), len(self.out_shape)
+        n_in = len(self.in_shape)
         kernel = self.kernel[...].astype(self.dtype)
         y = jax.lax.dot_general(
             x.astype(self.dtype), kernel,

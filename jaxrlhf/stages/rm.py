@@ -11,7 +11,6 @@ import dataclasses
 import functools
 import json
 import logging
-from pathlib import Path
 
 import jax
 import numpy as np
