@@ -364,6 +364,13 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--cpu-devices", type=int, metavar="N",
                         help="on CPU, split the host into N fake devices (to try a mesh)")
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
+    parser.add_argument("--coordinator", metavar="HOST:PORT",
+                        help="multi-host: address of process 0 (jax.distributed); with "
+                             "--num-processes and --process-id")
+    parser.add_argument("--num-processes", type=int, metavar="N")
+    parser.add_argument("--process-id", type=int, metavar="I")
+    parser.add_argument("--distributed", action="store_true",
+                        help="multi-host with JAX's own detection (TPU pods, Slurm)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
     for add in COMMANDS:
         add(sub)
@@ -383,6 +390,12 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_devices:
         import jax
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
+    from jaxrlhf.distributed import initialize
+    try:
+        initialize(args.coordinator, args.num_processes, args.process_id, auto=args.distributed)
+    except ValueError as e:
+        print(f"jaxrlhf: error: {e}", file=sys.stderr)
+        return 2
 
     from jaxrlhf.config import ConfigError
     from jaxrlhf.data import DataError

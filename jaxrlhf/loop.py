@@ -108,7 +108,8 @@ class MetricsLog:
 
 
 def to_floats(metrics: dict) -> dict[str, float]:
-    return {k: float(np.asarray(v)) for k, v in jax.device_get(metrics).items()}
+    from jaxrlhf.sharding import to_host
+    return {k: float(to_host(v)) for k, v in metrics.items()}
 
 
 def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, dict]],

@@ -209,6 +209,23 @@ def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     return jax.lax.with_sharding_constraint(x, spec)
 
 
+def put_global(tree: Any, shardings: Any) -> Any:
+    """Place host (numpy) data, the same on every process, as global arrays: each process
+    transfers only the shards its own devices hold (multi-host safe)."""
+    return jax.tree.map(lambda x, s: jax.make_array_from_callback(x.shape, s, lambda idx: x[idx]),
+                        tree, shardings)
+
+
+def to_host(x: jax.Array) -> np.ndarray:
+    """A (possibly multi-host) array as one numpy array on every process."""
+    if not isinstance(x, jax.Array) or x.is_fully_addressable:
+        return np.asarray(x)
+    if x.is_fully_replicated:
+        return np.asarray(x.addressable_data(0))
+    from jax.experimental import multihost_utils
+    return np.asarray(multihost_utils.process_allgather(x, tiled=True))
+
+
 def per_device_bytes(array: jax.Array) -> int:
     """Bytes of ``array`` held by its first addressable device."""
     shard = array.addressable_shards[0]

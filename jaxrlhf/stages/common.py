@@ -16,6 +16,7 @@ from jax.sharding import Mesh
 
 from jaxrlhf.config import ConfigError, save_config
 from jaxrlhf.loop import Position, TrainConfig
+from jaxrlhf.sharding import put_global
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +119,7 @@ def train_batches(data, train_cfg: TrainConfig, *, seed: int, batch_sh) -> Calla
     def batches(epoch: int, start_batch: int):
         for _, batch in iterate_batches(data, train_cfg.batch_size, seed=seed, epoch=epoch,
                                         start_batch=start_batch):
-            yield jax.device_put(stack_micro_batches(batch, train_cfg.accumulation_steps), batch_sh)
+            yield put_global(stack_micro_batches(batch, train_cfg.accumulation_steps), batch_sh)
 
     return batches
 
@@ -131,7 +132,7 @@ def eval_batches(data, batch_size: int, mesh: Mesh) -> Iterator[tuple[int, dict]
     for _, batch in iterate_batches(data, batch_size, seed=0, epoch=0, shuffle=False, drop_last=False):
         rows = next(iter(batch.values())).shape[0]
         batch = stack_micro_batches(pad_rows(batch, batch_size), 1)
-        yield rows, jax.device_put(batch, batch_shardings(mesh, batch))
+        yield rows, put_global(batch, batch_shardings(mesh, batch))
 
 
 def eval_batch_size(train_cfg: TrainConfig) -> int:

@@ -92,7 +92,7 @@ def load_data(cfg: RMConfig, tokenizer):
 
 def run_rm(cfg: RMConfig, *, resume: bool = False) -> dict:
     from jaxrlhf.models import load_tokenizer, reward_model_from_pretrained, save_pretrained
-    from jaxrlhf.sharding import make_mesh
+    from jaxrlhf.sharding import make_mesh, to_host
     from jaxrlhf.stages.common import (build_train_state, eval_batch_size, eval_batches,
                                        jit_train_step, prepare_run_dir, restore_or_start,
                                        stack_micro_batches, steps_per_epoch_for, train_batches,
@@ -127,9 +127,10 @@ def run_rm(cfg: RMConfig, *, resume: bool = False) -> dict:
         sums, rewards = None, []
         for rows, batch in eval_batches(eval_, eval_batch_size(cfg.train), mesh):
             part, r = eval_fn(state, batch)
+            part = jax.tree.map(to_host, part)
             sums = part if sums is None else jax.tree.map(np.add, sums, part)
-            valid = np.asarray(batch["slot_mask"])[0][:rows]
-            rewards.append(np.asarray(r)[0][:rows][valid])
+            valid = to_host(batch["slot_mask"])[0][:rows]
+            rewards.append(to_host(r)[0][:rows][valid])
         return eval_summary(sums), np.concatenate(rewards)
 
     metrics_log = MetricsLog(out)

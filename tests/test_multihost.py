@@ -1,0 +1,52 @@
+"""Two JAX processes x 4 fake CPU devices over loopback (gloo) train a reward model to the
+same loss and params as one process with 8 devices."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from safetensors.numpy import load_file
+
+from rm_fixtures import ranked_rows, rm_config_yaml, tiny_model_folder, write_jsonl
+from jaxrlhf.cli import main
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.mark.multiprocess
+def test_two_processes_equal_one_process(tmp_path):
+    model = tiny_model_folder(tmp_path / "model")
+    train = write_jsonl(ranked_rows(96, k=3, seed=11), tmp_path / "train.jsonl")
+    cfg = rm_config_yaml(tmp_path, model, train)
+    common = ["--set", "mesh.data=2", "--set", "mesh.fsdp=4", "--set", "mesh.tensor=1",
+              "--set", "train.max_steps=4", "--set", "train.save_every=2", "--set", "train.log_every=1"]
+
+    assert main(["rm", "--config", cfg, *common, "--set", f"output_dir={tmp_path / 'one'}"]) == 0
+
+    port = free_port()
+    env = dict(os.environ, JAX_PLATFORMS="cpu")
+    procs = [subprocess.Popen([sys.executable, "-m", "jaxrlhf.cli", "--cpu-devices", "4",
+                               "--coordinator", f"127.0.0.1:{port}", "--num-processes", "2",
+                               "--process-id", str(i), "rm", "--config", cfg, *common,
+                               "--set", f"output_dir={tmp_path / 'two'}"],
+                              env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+             for i in range(2)]
+    outputs = [p.communicate(timeout=600)[0] for p in procs]
+    assert [p.returncode for p in procs] == [0, 0], outputs[0][-3000:] + outputs[1][-3000:]
+
+    one = load_file(tmp_path / "one" / "final" / "model.safetensors")
+    two = load_file(tmp_path / "two" / "final" / "model.safetensors")
+    for key in one:
+        np.testing.assert_allclose(two[key], one[key], atol=1e-5, err_msg=key)
+    losses = lambda run: [r["loss"] for r in map(json.loads, (tmp_path / run / "metrics.jsonl")
+                                                  .read_text().splitlines()) if r["split"] == "train"]
+    np.testing.assert_allclose(losses("two"), losses("one"), atol=1e-5)
+    assert len(losses("one")) == 4
