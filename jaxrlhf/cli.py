@@ -36,6 +36,7 @@ commands available in this version:
   dpo          direct preference optimisation against a frozen reference
   ppo          RLHF with PPO against a reward model and/or rule rewards
   generate     generate responses for a file of prompts (KV-cache sampler)
+  plan         per-device memory of the RM step and PPO iteration (ahead-of-time compile)
   export       write a training run's checkpoint as a transformers folder
   init-model   create a randomly initialised model (sharded on the mesh) and save it
                as a Hugging Face folder
@@ -325,6 +326,61 @@ def run_generate(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- plan
+
+
+def add_plan(sub) -> None:
+    p = sub.add_parser(
+        "plan", help="per-device memory of the RM step and PPO iteration, compiled ahead of time",
+        description="Compile the reward-model step and the PPO iteration (actor, critic, reference "
+                    "and reward model resident) for an architecture on N fake CPU devices, with "
+                    "abstract arrays only, and print per-device memory from the compiled programs "
+                    "next to the memory of common chips.",
+        epilog="example: jaxrlhf plan --config configs/models/llama3-8b.yaml --mesh fsdp=64 --devices 64")
+    p.add_argument("--config", required=True, metavar="FILE", help="architecture YAML or HF config.json")
+    p.add_argument("--mesh", default="data=1,fsdp=-1,tensor=1")
+    p.add_argument("--devices", type=int, required=True, help="number of (fake) devices")
+    p.add_argument("--stage", choices=["rm", "ppo", "all"], default="all")
+    p.add_argument("--batch", type=int, default=0, help="prompts per step (default: one per device)")
+    p.add_argument("--k", type=int, default=2, help="answers per prompt (RM)")
+    p.add_argument("--seq", type=int, default=1024, help="tokens per RM sequence")
+    p.add_argument("--prompt", type=int, default=512, help="PPO prompt tokens")
+    p.add_argument("--new-tokens", type=int, default=512, help="PPO response tokens")
+    p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
+    p.add_argument("--no-remat", action="store_true", help="keep activations (no per-block remat)")
+    p.set_defaults(run=run_plan)
+
+
+def run_plan(args) -> int:
+    import json as json_
+
+    from jaxrlhf.config import ConfigError, read_yaml
+    from jaxrlhf.models import config_from_hf
+    from jaxrlhf.plan import format_plan, plan_ppo_iteration, plan_rm_step
+    from jaxrlhf.sharding import MeshConfig
+
+    path = Path(args.config)
+    hf = json_.loads(path.read_text()) if path.suffix == ".json" else read_yaml(path)
+    arch = config_from_hf(hf, strict=path.suffix != ".json", source=str(path))
+    try:
+        mesh_config = MeshConfig.parse(args.mesh)
+    except ValueError as e:
+        raise ConfigError(f"--mesh: {e}") from None
+    mesh = _mesh_or_error(mesh_config, "--mesh")
+    batch = args.batch or mesh.shape["data"] * mesh.shape["fsdp"]
+    common = dict(dtype=args.dtype, remat=not args.no_remat)
+    print(f"{arch.model_type}: {arch.num_hidden_layers} layers, hidden {arch.hidden_size}, vocab "
+          f"{arch.vocab_size}; mesh {dict(mesh.shape)}; {args.dtype} compute, float32 params + Adam")
+    plans = []
+    if args.stage in ("rm", "all"):
+        plans.append(plan_rm_step(arch, mesh, batch=batch, k=args.k, seq=args.seq, **common))
+    if args.stage in ("ppo", "all"):
+        plans.append(plan_ppo_iteration(arch, mesh, batch=batch, prompt=args.prompt,
+                                        new_tokens=args.new_tokens, **common))
+    print(format_plan(plans))
+    return 0
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -353,7 +409,7 @@ def _fmt_bytes(n: float) -> str:
 from jaxrlhf.cli_tasks import add_data, add_demo, add_eval  # noqa: E402
 
 COMMANDS = (_stage_adder("sft"), _stage_adder("rm"), _stage_adder("dpo"), _stage_adder("ppo"), add_demo,
-            add_data, add_eval, add_generate, add_export,
+            add_data, add_eval, add_generate, add_export, add_plan,
             add_init_model, add_inspect)
 
 
@@ -387,7 +443,11 @@ def main(argv: list[str] | None = None) -> int:
                         datefmt="%H:%M:%S")
     for noisy in ("jax", "absl", "orbax"):  # backend probing and checkpoint-manager chatter
         logging.getLogger(noisy).setLevel(logging.WARNING)
-    if args.cpu_devices:
+    if args.command == "plan":  # compile for N fake CPU devices, whatever hardware is here
+        import jax
+        jax.config.update("jax_platforms", "cpu")
+        jax.config.update("jax_num_cpu_devices", args.devices)
+    elif args.cpu_devices:
         import jax
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     from jaxrlhf.distributed import initialize

@@ -129,12 +129,12 @@ def batch_shardings(mesh: Mesh, batch: dict[str, np.ndarray]) -> dict[str, Named
 
 def train_state_shardings(state: TrainState, mesh: Mesh, tx: optax.GradientTransformation):
     """Shardings for a TrainState: params (and buffers) by their logical axes; optimizer
-    moments follow the params they belong to (as jit propagates them); scalars replicated."""
+    moments follow the params they belong to; scalars replicated."""
     param_sh = state_shardings(state.params, mesh)
-    abstract_params = jax.tree.map(
-        lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), state.params, param_sh)
-    with jax.set_mesh(mesh):
-        opt_sh = jax.jit(tx.init).lower(abstract_params).compile().output_shardings
     replicated = NamedSharding(mesh, P())
+    # Adam's moments (and any params-shaped optimizer state) are sharded like their params;
+    # counts and other scalars are replicated
+    opt_sh = optax.tree_map_params(tx, lambda _, sharding: sharding, state.opt_state, param_sh,
+                                   transform_non_params=lambda _: replicated)
     return TrainState(step=replicated, params=param_sh, opt_state=opt_sh, rng=replicated,
                       buffers=state_shardings(state.buffers, mesh))

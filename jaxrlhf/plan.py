@@ -1,0 +1,140 @@
+"""``jaxrlhf plan``: will a configuration fit? Compile the steps ahead of time on fake
+devices, with abstract arrays only (nothing is allocated), and read per-device memory
+from the compiled executables.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+
+import jax
+import jax.numpy as jnp
+from flax import nnx
+from jax.sharding import NamedSharding, PartitionSpec as P
+
+# usable device memory of common chips (bytes)
+CHIPS = {"TPU v4": 32 * 2**30, "TPU v5e": 16 * 2**30, "TPU v5p": 95 * 2**30,
+         "A100 40GB": 40 * 2**30, "A100 80GB": 80 * 2**30, "H100 80GB": 80 * 2**30}
+
+
+@dataclasses.dataclass
+class MemoryPlan:
+    name: str
+    argument_bytes: int  # parameters, optimizer state, batch: per device, from their shardings
+    temp_bytes: int  # activations, gathered weights, scratch: per device, from the compiled program
+
+    @property
+    def peak_bytes(self) -> int:
+        # outputs are donated in place of the state (aliased), so they add nothing
+        return self.argument_bytes + self.temp_bytes
+
+
+def _abstract(tree, shardings):
+    return jax.tree.map(lambda a, s: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=s), tree, shardings)
+
+
+def per_device_bytes(tree) -> int:
+    """Bytes one device holds of abstract arrays with shardings (the largest shard)."""
+    total = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
+        total += int(np_prod(shape)) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def np_prod(shape) -> int:
+    out = 1
+    for d in shape:
+        out *= int(d)
+    return out
+
+
+def _memory(name: str, compiled, arguments) -> MemoryPlan:
+    # the CPU backend reports argument sizes unpartitioned, so arguments are counted from
+    # their shardings; temporaries come from the compiled (per-device) program
+    return MemoryPlan(name, per_device_bytes(arguments), int(compiled.memory_analysis().temp_size_in_bytes))
+
+
+def _abstract_models(arch, mesh, dtype, param_dtype, remat):
+    from jaxrlhf.models.io import _backbone_factory, _reward_factory
+    from jaxrlhf.sharding import state_shardings
+
+    def split(factory):
+        graphdef, params, buffers = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
+        return graphdef, _abstract(params, state_shardings(params, mesh)), _abstract(buffers, state_shardings(buffers, mesh))
+
+    common = dict(dtype=dtype, param_dtype=param_dtype, remat=remat, seed=0)
+    return split(_backbone_factory(arch, **common)), split(_reward_factory(arch, **common))
+
+
+def plan_rm_step(arch, mesh, *, batch: int, k: int, seq: int, dtype="bfloat16", param_dtype="float32",
+                 remat: bool = True) -> MemoryPlan:
+    from jaxrlhf.steps.common import (OptimConfig, batch_shardings, init_train_state, make_optimizer,
+                                      train_state_shardings)
+    from jaxrlhf.steps.rm import rm_train_step
+
+    _, (graphdef, params, buffers) = _abstract_models(arch, mesh, dtype, param_dtype, remat)
+    tx = make_optimizer(OptimConfig(), 1000)
+    state = jax.eval_shape(lambda: init_train_state(params, buffers, tx, 0))
+    state_sh = train_state_shardings(state, mesh, tx)
+    example = {"input_ids": jax.ShapeDtypeStruct((1, batch, k, seq), jnp.int32),
+               "attention_mask": jax.ShapeDtypeStruct((1, batch, k, seq), jnp.int32),
+               "scores": jax.ShapeDtypeStruct((1, batch, k), jnp.float32),
+               "slot_mask": jax.ShapeDtypeStruct((1, batch, k), jnp.bool_)}
+    batch_sh = batch_shardings(mesh, example)
+    step = jax.jit(functools.partial(rm_train_step, graphdef=graphdef, tx=tx),
+                   in_shardings=(state_sh, batch_sh), out_shardings=(state_sh, None), donate_argnums=0)
+    arguments = (_abstract(state, state_sh), _abstract(example, batch_sh))
+    with jax.set_mesh(mesh):
+        compiled = step.lower(*arguments).compile()
+    return _memory("reward-model step", compiled, arguments)
+
+
+def plan_ppo_iteration(arch, mesh, *, batch: int, prompt: int, new_tokens: int, dtype="bfloat16",
+                       param_dtype="float32", remat: bool = True) -> MemoryPlan:
+    """Scoring + PPO update in one program: actor and critic trained (with optimizer state),
+    reference and reward model frozen, all resident."""
+    from jaxrlhf.steps.common import OptimConfig, init_train_state, make_optimizer, train_state_shardings
+    from jaxrlhf.steps.ppo import PPOHyper, PPOState, make_rollout, ppo_update
+
+    (pol_g, pol_p, pol_b), (rm_g, rm_p, rm_b) = _abstract_models(arch, mesh, dtype, param_dtype, remat)
+    tx = make_optimizer(OptimConfig(), 1000)
+    replicated = NamedSharding(mesh, P())
+    actor = jax.eval_shape(lambda: init_train_state(pol_p, pol_b, tx, 0))
+    critic = jax.eval_shape(lambda: init_train_state(rm_p, rm_b, tx, 1))
+    state = PPOState(iteration=jax.ShapeDtypeStruct((), jnp.int32), actor=actor, critic=critic,
+                     kl_coef=jax.ShapeDtypeStruct((), jnp.float32),
+                     rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
+    state_sh = PPOState(iteration=replicated, actor=train_state_shardings(actor, mesh, tx),
+                        critic=train_state_shardings(critic, mesh, tx), kl_coef=replicated, rng=replicated)
+    hyper = PPOHyper(minibatches=2, epochs=2)
+    total = prompt + new_tokens
+    row = NamedSharding(mesh, P(("data", "fsdp")))
+    ids = jax.ShapeDtypeStruct((batch, total), jnp.int32, sharding=row)
+    resp = jax.ShapeDtypeStruct((batch, new_tokens), jnp.int32, sharding=row)
+    finished = jax.ShapeDtypeStruct((batch,), jnp.bool_, sharding=row)
+
+    def iteration(state, reference, reward_model, input_ids, attention_mask, response_mask, finished):
+        scores = nnx.merge(rm_g, *reward_model)(input_ids, attention_mask)
+        rollout, _ = make_rollout(state, reference, input_ids, attention_mask, response_mask, scores,
+                                  finished, actor_graphdef=pol_g, critic_graphdef=rm_g,
+                                  prompt_len=prompt, hyper=hyper)
+        return ppo_update(state, rollout, actor_graphdef=pol_g, critic_graphdef=rm_g, actor_tx=tx,
+                          critic_tx=tx, prompt_len=prompt, hyper=hyper)
+
+    step = jax.jit(iteration, out_shardings=(state_sh, None), donate_argnums=0)
+    arguments = (_abstract(state, state_sh), (pol_p, pol_b), (rm_p, rm_b), ids, ids, resp, finished)
+    with jax.set_mesh(mesh):
+        compiled = step.lower(*arguments).compile()
+    return _memory("PPO iteration (actor, critic, reference, RM)", compiled, arguments)
+
+
+def format_plan(plans: list[MemoryPlan]) -> str:
+    gib = 2**30
+    lines = [f"{'program':<46} {'args GiB':>9} {'temp GiB':>9} {'peak GiB':>9}  fits on"]
+    for p in plans:
+        fits = ", ".join(f"{chip} {'yes' if p.peak_bytes <= hbm else 'NO'}" for chip, hbm in CHIPS.items())
+        lines.append(f"{p.name:<46} {p.argument_bytes / gib:>9.3f} {p.temp_bytes / gib:>9.3f} "
+                     f"{p.peak_bytes / gib:>9.3f}  {fits}")
+    return "\n".join(lines)
