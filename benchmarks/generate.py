@@ -32,7 +32,8 @@ def time_runs(fn, repeats):
     return statistics.median(times)
 
 
-def main(argv=None) -> int:
+def main(argv=None, results: list | None = None) -> int:
+    """Print the table; append one dict per row to ``results`` (for run_all.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
@@ -67,6 +68,9 @@ def main(argv=None) -> int:
           f"(left-padded), {args.new} new tokens, greedy, {args.dtype}, device {jax.devices()[0].platform}")
     print(f"{'runner':<40} {'seconds':>8} {'tokens/s':>10} {'vs ours':>8}")
     print(f"{'jaxrlhf (prefill + lax.while_loop)':<40} {ours:>8.3f} {tokens / ours:>10.0f} {1.0:>7.2f}x")
+    row = dict(benchmark=f"generate, batch {args.batch}, {args.prompt}+{args.new} tokens", unit="tokens/s")
+    if results is not None:
+        results.append(dict(row, runner="jaxrlhf", value=tokens / ours, detail=f"{ours:.3f} s"))
     try:
         import torch
         import transformers
@@ -83,6 +87,8 @@ def main(argv=None) -> int:
                         min_new_tokens=args.new, do_sample=False, pad_token_id=0, eos_token_id=None)
 
     theirs = time_runs(run_hf, args.repeats)
+    if results is not None:
+        results.append(dict(row, runner="transformers generate", value=tokens / theirs, detail=f"{theirs:.3f} s"))
     print(f"{'transformers generate (PyTorch)':<40} {theirs:>8.3f} {tokens / theirs:>10.0f} "
           f"{ours / theirs:>7.2f}x")
     print(f"jaxrlhf is {theirs / ours:.2f}x the tokens/s of transformers")

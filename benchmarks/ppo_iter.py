@@ -22,7 +22,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import llama_folder  # noqa: E402
 
 
-def main(argv=None) -> int:
+def main(argv=None, results: list | None = None) -> int:
+    """Print the table; append one dict per row to ``results`` (for run_all.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
@@ -70,6 +71,10 @@ def main(argv=None) -> int:
         print(f"{k:<10} {v:>8.3f} {v / total:>7.1%}")
     print(f"{'total':<10} {total:>8.3f}")
     tps = statistics.median(h["generated_tokens_per_second"] for h in history)
+    if results is not None:
+        results.append({"benchmark": f"PPO iteration, {args.batch} prompts", "runner": "jaxrlhf",
+                        "value": 1.0 / total, "unit": "iterations/s",
+                        "detail": ", ".join(f"{k} {v:.3f} s" for k, v in parts.items())})
     print(f"rollout: {tps:.0f} generated tokens/s (median of {len(history)} iterations after the first)")
     return 0
 

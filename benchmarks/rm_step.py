@@ -139,7 +139,8 @@ def trl_times(folder: Path, rows, k: int, batch: int, max_length: int, steps: in
     return times[2:]
 
 
-def main(argv=None) -> int:
+def main(argv=None, results: list | None = None) -> int:
+    """Print the table; append one dict per row to ``results`` (for run_all.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--hidden", type=int, default=256)
     parser.add_argument("--layers", type=int, default=4)
@@ -190,6 +191,10 @@ def main(argv=None) -> int:
             ms = statistics.median(times) * 1e3
             flops = step_flops(n_matmul, args.layers, e, args.batch * seqs_per_prompt, args.max_length)
             base = base or ms
+            if results is not None:
+                results.append({"benchmark": f"RM step, K={k}", "runner": name,
+                                "value": args.batch / (ms / 1e3), "unit": "prompts/s",
+                                "detail": f"{ms:.0f} ms/step, {flops / (ms / 1e3) / peak:.0%} of matmul peak"})
             print(f"{k:>2} {name:<34} {ms:>9.1f} {args.batch / (ms / 1e3):>10.1f} "
                   f"{flops / (ms / 1e3) / 1e9:>9.1f} {flops / (ms / 1e3) / peak:>8.1%} {ms / base:>8.2f}x")
     return 0
