@@ -353,3 +353,14 @@ def test_shipped_example_file_loads_all_formats():
     assert report.kept == 3 and not report.skipped
     assert [len(e.responses) for e in examples] == [3, 2, 2]
     assert examples[2].scores == (1.0, 0.0)
+
+
+def test_prompt_files_share_the_cleaning_loop(tmp_path):
+    from jaxrlhf.data.prompts import load_prompts
+    path = tmp_path / "prompts.jsonl"
+    path.write_text('{"prompt": "a", "limit": 3}\n{"prompt": \n[1]\n{"prompt": "  "}\n')
+    examples, report = load_prompts(str(path))
+    assert [e.prompt for e in examples] == ["a"] and examples[0].meta == {"limit": 3}
+    assert dict(report.skipped) == {"invalid JSON": 1, "not an object": 1, "empty prompt": 1}
+    with pytest.raises(DataError, match=f"{path}:2: invalid JSON"):
+        load_prompts(str(path), strict=True)

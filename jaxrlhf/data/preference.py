@@ -31,9 +31,11 @@ import dataclasses
 import json
 import math
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
+
+T = TypeVar("T")
 
 # Every reason a row can be skipped for; CleanReport.skipped counts these strings.
 SKIP_REASONS = (
@@ -383,6 +385,41 @@ def _parse_row(row: Any, tokenizer, where: str) -> Parsed:
 # --------------------------------------------------------------------------- entry point
 
 
+def clean_rows(paths: str | os.PathLike | list, parse: Callable[[Any, str, int], T], *, strict: bool,
+               what: str) -> tuple[list[T], CleanReport]:
+    """The cleaning loop every kind of data shares.
+
+    Reads each file's rows in order and turns each into an example with
+    ``parse(row, path, line)``; a row it rejects (``_Bad``, or the reader's "invalid JSON")
+    is skipped and counted by reason, or with ``strict=True`` raises :class:`DataError` at
+    the first one. A missing or unreadable path, or a file with no usable row, raises
+    :class:`DataError` in both modes.
+    """
+    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not paths:
+        raise DataError(f"no {what} files given")
+    report, examples = CleanReport(), []
+    for path in map(str, paths):
+        part = CleanReport()
+        for line, row in _read_rows(path):
+            part.total += 1
+            try:
+                if isinstance(row, _Bad):
+                    raise row  # the reader's "invalid JSON"
+                example = parse(row, path, line)
+            except _Bad as bad:
+                if strict:
+                    raise DataError(bad.message(f"{path}:{line}")) from None
+                part.skipped[bad.reason] += 1
+                continue
+            examples.append(example)
+            part.kept += 1
+        if part.kept == 0:
+            raise DataError(f"{path}: no usable rows ({part.summary()})")
+        report.merge(part)
+    return examples, report
+
+
 def load_preference_data(paths: str | os.PathLike | list, *, tokenizer=None,
                          strict: bool = False) -> tuple[list[RankedExample], CleanReport]:
     """Load and clean every file in ``paths`` (in order) into ranked examples.
@@ -392,27 +429,7 @@ def load_preference_data(paths: str | os.PathLike | list, *, tokenizer=None,
     A missing path, an unreadable file, a conversational row without a tokenizer, or a
     file with no usable row raises :class:`DataError` in both modes.
     """
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if not paths:
-        raise DataError("no preference data files given")
-    report, examples = CleanReport(), []
-    for path in map(str, paths):
-        part = CleanReport()
-        for line, row in _read_rows(path):
-            part.total += 1
-            where = f"{path}:{line}"
-            try:
-                if isinstance(row, _Bad):
-                    raise row
-                prompt, responses, scores = _parse_row(row, tokenizer, where)
-            except _Bad as bad:
-                if strict:
-                    raise DataError(bad.message(where)) from None
-                part.skipped[bad.reason] += 1
-                continue
-            examples.append(RankedExample(prompt, responses, scores, path, line))
-            part.kept += 1
-        if part.kept == 0:
-            raise DataError(f"{path}: no usable rows ({part.summary()})")
-        report.merge(part)
-    return examples, report
+    def parse(row, path, line):
+        return RankedExample(*_parse_row(row, tokenizer, f"{path}:{line}"), path, line)
+
+    return clean_rows(paths, parse, strict=strict, what="preference data")

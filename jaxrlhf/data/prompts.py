@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxrlhf.data.preference import (CleanReport, DataError, _Bad, _messages, _prompt_text, _read_rows,
-                                     _type)
+from jaxrlhf.data.preference import CleanReport, _Bad, _messages, _prompt_text, _type, clean_rows
+from jaxrlhf.data.tokenize import pad_id_of
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,33 +38,14 @@ def _render_messages(row: dict, tokenizer) -> str:
 
 def load_prompts(paths: str | os.PathLike | list, *, tokenizer=None,
                  strict: bool = False) -> tuple[list[PromptExample], CleanReport]:
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if not paths:
-        raise DataError("no prompt files given")
-    examples: list[PromptExample] = []
-    report = CleanReport()
-    for path in map(str, paths):
-        kept_before = report.kept
-        for line, row in _read_rows(path):
-            report.total += 1
-            try:
-                if not isinstance(row, dict):
-                    raise _Bad("not an object", None, f"got {_type(row)}")
-                if row.get("messages") is not None:
-                    text = _render_messages(row, tokenizer)
-                else:
-                    text = _prompt_text(row)
-            except _Bad as bad:
-                if strict:
-                    raise DataError(bad.message(f"{path}:{line}")) from None
-                report.skipped[bad.reason] += 1
-                continue
-            meta = {k: v for k, v in row.items() if k not in ("prompt", "messages")}
-            examples.append(PromptExample(text, meta, path, line))
-            report.kept += 1
-        if report.kept == kept_before:
-            raise DataError(f"{path}: no usable rows ({report.summary()})")
-    return examples, report
+    def parse(row, path, line):
+        if not isinstance(row, dict):
+            raise _Bad("not an object", None, f"got {_type(row)}")
+        text = _render_messages(row, tokenizer) if row.get("messages") is not None else _prompt_text(row)
+        meta = {k: v for k, v in row.items() if k not in ("prompt", "messages")}
+        return PromptExample(text, meta, path, line)
+
+    return clean_rows(paths, parse, strict=strict, what="prompt")
 
 
 @dataclasses.dataclass
@@ -88,7 +69,7 @@ def tokenize_prompts(examples: list[PromptExample], tokenizer, *, max_length: in
                      report: CleanReport | None = None) -> PromptArrays:
     """Left-padded prompt tokens; a prompt longer than ``max_length`` keeps its END (the
     instruction usually closes a chat-formatted prompt) and is counted as truncated."""
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else (tokenizer.eos_token_id or 0)
+    pad = pad_id_of(tokenizer)
     ids = np.full((len(examples), max_length), pad, np.int32)
     mask = np.zeros((len(examples), max_length), np.int32)
     for row, example in enumerate(examples):

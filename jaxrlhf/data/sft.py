@@ -27,7 +27,7 @@ from typing import Any
 import numpy as np
 
 from jaxrlhf.data.preference import (CleanReport, DataError, _adds_bos, _Bad, _first_present, _messages,
-                                     _prompt_text, _read_rows, _response_text, _type)
+                                     _prompt_text, _response_text, _type, clean_rows)
 from jaxrlhf.data.tokenize import _fit_prompt, _split_special, pad_id_of
 
 # Every reason an SFT row can be skipped for; the preference reasons that fit, plus one.
@@ -151,31 +151,10 @@ def load_sft_data(paths: str | os.PathLike | list, *, tokenizer=None,
     A missing path, an unreadable file, a ``messages`` row without a tokenizer (or chat
     template), or a file with no usable row raises :class:`DataError` in both modes.
     """
-    # the loop of load_preference_data, with the SFT row parser
-    paths = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
-    if not paths:
-        raise DataError("no SFT data files given")
-    report, examples = CleanReport(), []
-    for path in map(str, paths):
-        part = CleanReport()
-        for line, row in _read_rows(path):
-            part.total += 1
-            where = f"{path}:{line}"
-            try:
-                if isinstance(row, _Bad):
-                    raise row  # the reader's "invalid JSON"
-                prompt, response = _parse_sft_row(row, tokenizer, where)
-            except _Bad as bad:
-                if strict:
-                    raise DataError(bad.message(where)) from None
-                part.skipped[bad.reason] += 1
-                continue
-            examples.append(SFTExample(prompt, response, path, line))
-            part.kept += 1
-        if part.kept == 0:
-            raise DataError(f"{path}: no usable rows ({part.summary()})")
-        report.merge(part)
-    return examples, report
+    def parse(row, path, line):
+        return SFTExample(*_parse_sft_row(row, tokenizer, f"{path}:{line}"), path, line)
+
+    return clean_rows(paths, parse, strict=strict, what="SFT data")
 
 
 # --------------------------------------------------------------------------- tokenisation
