@@ -3,7 +3,9 @@ jitted steps with explicit shardings, device batches from a data position."""
 
 from __future__ import annotations
 
+import dataclasses
 import functools
+import json
 import logging
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -15,10 +17,52 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxrlhf.config import ConfigError, save_config
-from jaxrlhf.loop import Position, TrainConfig
-from jaxrlhf.sharding import put_global
+from jaxrlhf.loop import MetricsLog, Position, TrainConfig, train_loop
+from jaxrlhf.sharding import put_global, to_host
 
 log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True)
+class StageDataConfig:
+    """The data settings the supervised stages (sft, rm, dpo) share."""
+
+    train_files: tuple[str, ...] = ()
+    eval_files: tuple[str, ...] = ()  # empty: hold out eval_fraction of the training rows
+    eval_fraction: float = 0.1
+    max_length: int = 512  # tokens per prompt+answer sequence (fixed: one compilation)
+    min_prompt_tokens: int = 0  # prompt tokens kept when truncating; 0: max_length // 4
+    append_eos: bool = True
+    strict: bool = False  # stop at the first bad row instead of skipping and counting it
+
+    def __post_init__(self):
+        if not 0.0 <= self.eval_fraction < 1.0:
+            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
+        if self.max_length < 4:
+            raise ValueError(f"max_length must be >= 4, got {self.max_length}")
+
+
+def load_train_eval(data_cfg: StageDataConfig, seed: int, load: Callable):
+    """Train and eval data with the cleaning report of each file set.
+
+    ``load(files) -> (arrays, report)``. Eval data come from ``data.eval_files``, else
+    from the held-out ``data.eval_fraction`` of the training rows, else there are none.
+    """
+    from jaxrlhf.data import split_train_eval
+
+    if not data_cfg.train_files:
+        raise ConfigError("data.train_files is empty: give at least one JSONL/JSON/parquet file")
+    train, report = load(data_cfg.train_files)
+    reports = {"train": report}
+    if data_cfg.eval_files:
+        eval_, reports["eval"] = load(data_cfg.eval_files)
+    elif data_cfg.eval_fraction > 0:
+        train, eval_ = split_train_eval(train, data_cfg.eval_fraction, seed)
+    else:
+        eval_ = None
+    for split, r in reports.items():
+        log.info("%s data: %s", split, r.summary())
+    return train, eval_, reports
 
 
 def prepare_run_dir(cfg, *, resume: bool, stage: str):
@@ -133,6 +177,42 @@ def eval_batches(data, batch_size: int, mesh: Mesh) -> Iterator[tuple[int, dict]
         rows = next(iter(batch.values())).shape[0]
         batch = stack_micro_batches(pad_rows(batch, batch_size), 1)
         yield rows, put_global(batch, batch_shardings(mesh, batch))
+
+
+def add_sums(total: dict | None, part: dict) -> dict[str, np.ndarray]:
+    """Accumulate one eval batch's sums on the host (gathered across hosts)."""
+    part = jax.tree.map(to_host, part)
+    return part if total is None else jax.tree.map(np.add, total, part)
+
+
+def fit(*, state, step: Callable, train, train_cfg: TrainConfig, seed: int, batch_sh,
+        steps_per_epoch: int, start: Position, checkpointer, evaluate: Callable | None, out: Path,
+        desc: str):
+    """The shared loop over a stage's training data, logging to ``out``."""
+    metrics_log = MetricsLog(out)
+    try:
+        return train_loop(state=state, train_step=step,
+                          batches=train_batches(train, train_cfg, seed=seed, batch_sh=batch_sh),
+                          steps_per_epoch=steps_per_epoch, config=train_cfg, start=start,
+                          checkpointer=checkpointer, evaluate=evaluate, metrics_log=metrics_log,
+                          desc=desc)
+    finally:
+        metrics_log.close()
+
+
+def finish_run(out: Path, model, tokenizer, *, position: Position, last_eval: dict, reports: dict,
+               checkpointer, **extra) -> dict:
+    """Save the final model to ``out/final`` and write ``results.json`` (process 0)."""
+    from jaxrlhf.models import save_pretrained
+
+    save_pretrained(model, out / "final", tokenizer=tokenizer)
+    results = {"steps": position.steps, "eval": last_eval, **extra,
+               "data": {split: r.as_dict() for split, r in reports.items()},
+               "final_model": str(out / "final")}
+    if jax.process_index() == 0:
+        (out / "results.json").write_text(json.dumps(results, indent=2))
+    checkpointer.close()
+    return results
 
 
 def eval_batch_size(train_cfg: TrainConfig) -> int:

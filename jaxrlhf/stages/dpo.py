@@ -10,36 +10,28 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 
 import jax
 import numpy as np
 from flax import nnx
 
-from jaxrlhf.config import ConfigError, ModelConfig
-from jaxrlhf.loop import MetricsLog, TrainConfig, train_loop
+from jaxrlhf.config import ModelConfig
+from jaxrlhf.loop import TrainConfig
 from jaxrlhf.sharding import MeshConfig
+from jaxrlhf.stages.common import StageDataConfig, load_train_eval
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class DPODataConfig:
-    train_files: tuple[str, ...] = ()
-    eval_files: tuple[str, ...] = ()
-    eval_fraction: float = 0.1
-    max_length: int = 512
-    min_prompt_tokens: int = 0
-    append_eos: bool = True
+class DPODataConfig(StageDataConfig):
     pairs: str = "best_vs_worst"  # how ranked lists become pairs: best_vs_worst | all_pairs
-    strict: bool = False
 
     def __post_init__(self):
+        super().__post_init__()
         if self.pairs not in ("best_vs_worst", "all_pairs"):
             raise ValueError(f"pairs must be best_vs_worst or all_pairs, got {self.pairs!r}")
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -77,10 +69,7 @@ class DPOConfig:
 
 
 def load_data(cfg: DPOConfig, tokenizer):
-    from jaxrlhf.data import load_preference_data, ranked_to_pairs, split_train_eval, tokenize_pairs
-
-    if not cfg.data.train_files:
-        raise ConfigError("data.train_files is empty: give at least one JSONL/JSON/parquet file")
+    from jaxrlhf.data import load_preference_data, ranked_to_pairs, tokenize_pairs
 
     def load(files):
         examples, report = load_preference_data(list(files), tokenizer=tokenizer, strict=cfg.data.strict)
@@ -90,15 +79,7 @@ def load_data(cfg: DPOConfig, tokenizer):
                                 append_eos=cfg.data.append_eos, report=report)
         return arrays, report
 
-    train, report = load(cfg.data.train_files)
-    reports = {"train": report}
-    if cfg.data.eval_files:
-        eval_, reports["eval"] = load(cfg.data.eval_files)
-    elif cfg.data.eval_fraction > 0:
-        train, eval_ = split_train_eval(train, cfg.data.eval_fraction, cfg.seed)
-    else:
-        eval_ = None
-    return train, eval_, reports
+    return load_train_eval(cfg.data, cfg.seed, load)
 
 
 def precompute_reference(data, reference, graphdef, *, average: bool, batch_size: int, mesh):
@@ -116,20 +97,18 @@ def precompute_reference(data, reference, graphdef, *, average: bool, batch_size
 
 
 def run_dpo(cfg: DPOConfig, *, resume: bool = False) -> dict:
-    from jaxrlhf.models import from_pretrained, load_tokenizer, save_pretrained
+    from jaxrlhf.models import from_pretrained, load_tokenizer
     from jaxrlhf.sharding import make_mesh, state_shardings
-    from jaxrlhf.stages.common import (build_train_state, eval_batch_size, eval_batches,
-                                       jit_train_step, load_policy, prepare_run_dir,
+    from jaxrlhf.stages.common import (add_sums, build_train_state, eval_batch_size, eval_batches,
+                                       finish_run, fit, jit_train_step, load_policy, prepare_run_dir,
                                        restore_or_start, stack_micro_batches, steps_per_epoch_for,
-                                       train_batches, with_mesh)
+                                       with_mesh)
     from jaxrlhf.steps.dpo import dpo_eval_step, dpo_train_step, summarize
 
     out, checkpointer = prepare_run_dir(cfg, resume=resume, stage="dpo")
     mesh = make_mesh(cfg.mesh)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
     train, eval_, reports = load_data(cfg, tokenizer)
-    for split, report in reports.items():
-        log.info("%s data: %s", split, report.summary())
     steps_per_epoch = steps_per_epoch_for(cfg.train, mesh, len(train))
 
     policy = load_policy(cfg.model, mesh=mesh, seed=cfg.seed)
@@ -164,26 +143,13 @@ def run_dpo(cfg: DPOConfig, *, resume: bool = False) -> dict:
     def evaluate(state) -> dict[str, float]:
         sums = None
         for _, batch in eval_batches(eval_, eval_batch_size(cfg.train), mesh):
-            part = eval_fn(state, reference, batch)
-            sums = part if sums is None else jax.tree.map(np.add, sums, part)
+            sums = add_sums(sums, eval_fn(state, reference, batch))
         return {k: float(v) for k, v in summarize(sums).items()}
 
-    metrics_log = MetricsLog(out)
-    try:
-        state, position, last_eval = train_loop(
-            state=state, train_step=step,
-            batches=train_batches(train, cfg.train, seed=cfg.seed, batch_sh=batch_sh),
-            steps_per_epoch=steps_per_epoch, config=cfg.train, start=start,
-            checkpointer=checkpointer, evaluate=evaluate if eval_ is not None else None,
-            metrics_log=metrics_log, desc="dpo")
-    finally:
-        metrics_log.close()
+    state, position, last_eval = fit(
+        state=state, step=step, train=train, train_cfg=cfg.train, seed=cfg.seed, batch_sh=batch_sh,
+        steps_per_epoch=steps_per_epoch, start=start, checkpointer=checkpointer,
+        evaluate=evaluate if eval_ is not None else None, out=out, desc="dpo")
     final = nnx.merge(graphdef, state.params, state.buffers)
-    save_pretrained(final, out / "final", tokenizer=tokenizer)
-    results = {"steps": position.steps, "eval": last_eval,
-               "data": {split: r.as_dict() for split, r in reports.items()},
-               "final_model": str(out / "final")}
-    if jax.process_index() == 0:
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-    checkpointer.close()
-    return results
+    return finish_run(out, final, tokenizer, position=position, last_eval=last_eval, reports=reports,
+                      checkpointer=checkpointer)

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import json
 import logging
 import math
 
@@ -17,27 +16,18 @@ import jax
 import numpy as np
 from flax import nnx
 
-from jaxrlhf.config import ConfigError, ModelConfig
-from jaxrlhf.loop import MetricsLog, TrainConfig, train_loop
+from jaxrlhf.config import ModelConfig
+from jaxrlhf.loop import TrainConfig
 from jaxrlhf.sharding import MeshConfig
+from jaxrlhf.stages.common import StageDataConfig, load_train_eval
 
 log = logging.getLogger(__name__)
 
 
 @dataclasses.dataclass(frozen=True)
-class SFTDataConfig:
-    train_files: tuple[str, ...] = ()
-    eval_files: tuple[str, ...] = ()  # empty: hold out eval_fraction of the training rows
+class SFTDataConfig(StageDataConfig):
     eval_fraction: float = 0.05
-    max_length: int = 512
-    min_prompt_tokens: int = 0  # prompt tokens kept when truncating; 0: max_length // 4
-    append_eos: bool = True
     packing: bool = False  # pack short examples into full rows (attention stays per example)
-    strict: bool = False
-
-    def __post_init__(self):
-        if not 0.0 <= self.eval_fraction < 1.0:
-            raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,25 +49,16 @@ class SFTConfig:
 
 
 def load_data(cfg: SFTConfig, tokenizer):
-    from jaxrlhf.data import load_sft_data, pack_sft, split_train_eval, tokenize_sft
+    from jaxrlhf.data import load_sft_data, pack_sft, tokenize_sft
 
-    if not cfg.data.train_files:
-        raise ConfigError("data.train_files is empty: give at least one JSONL/JSON/parquet file")
-    tokenize = functools.partial(tokenize_sft, tokenizer=tokenizer, max_length=cfg.data.max_length,
-                                 min_prompt_tokens=cfg.data.min_prompt_tokens or None,
-                                 append_eos=cfg.data.append_eos)
-    examples, report = load_sft_data(list(cfg.data.train_files), tokenizer=tokenizer, strict=cfg.data.strict)
-    train = tokenize(examples, report=report)
-    reports = {"train": report}
-    if cfg.data.eval_files:
-        eval_examples, eval_report = load_sft_data(list(cfg.data.eval_files), tokenizer=tokenizer,
-                                                   strict=cfg.data.strict)
-        eval_ = tokenize(eval_examples, report=eval_report)
-        reports["eval"] = eval_report
-    elif cfg.data.eval_fraction > 0:
-        train, eval_ = split_train_eval(train, cfg.data.eval_fraction, cfg.seed)
-    else:
-        eval_ = None
+    def load(files):
+        examples, report = load_sft_data(list(files), tokenizer=tokenizer, strict=cfg.data.strict)
+        arrays = tokenize_sft(examples, tokenizer, max_length=cfg.data.max_length,
+                              min_prompt_tokens=cfg.data.min_prompt_tokens or None,
+                              append_eos=cfg.data.append_eos, report=report)
+        return arrays, report
+
+    train, eval_, reports = load_train_eval(cfg.data, cfg.seed, load)
     if cfg.data.packing:
         before = len(train)
         train = pack_sft(train)
@@ -86,20 +67,18 @@ def load_data(cfg: SFTConfig, tokenizer):
 
 
 def run_sft(cfg: SFTConfig, *, resume: bool = False) -> dict:
-    from jaxrlhf.models import load_tokenizer, save_pretrained
+    from jaxrlhf.models import load_tokenizer
     from jaxrlhf.sharding import make_mesh
-    from jaxrlhf.stages.common import (build_train_state, eval_batch_size, eval_batches,
-                                       jit_train_step, load_policy, prepare_run_dir,
+    from jaxrlhf.stages.common import (add_sums, build_train_state, eval_batch_size, eval_batches,
+                                       finish_run, fit, jit_train_step, load_policy, prepare_run_dir,
                                        restore_or_start, stack_micro_batches, steps_per_epoch_for,
-                                       train_batches, with_mesh)
+                                       with_mesh)
     from jaxrlhf.steps.sft import sft_eval_step, sft_train_step
 
     out, checkpointer = prepare_run_dir(cfg, resume=resume, stage="sft")
     mesh = make_mesh(cfg.mesh)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
     train, eval_, reports = load_data(cfg, tokenizer)
-    for split, report in reports.items():
-        log.info("%s data: %s", split, report.summary())
     steps_per_epoch = steps_per_epoch_for(cfg.train, mesh, len(train))
 
     model = load_policy(cfg.model, mesh=mesh, seed=cfg.seed)
@@ -114,29 +93,17 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False) -> dict:
     eval_fn = with_mesh(jax.jit(functools.partial(sft_eval_step, graphdef=graphdef)), mesh)
 
     def evaluate(state) -> dict[str, float]:
-        nll, tokens = 0.0, 0.0
+        sums = None
         for _, batch in eval_batches(eval_, eval_batch_size(cfg.train), mesh):
-            sums = eval_fn(state, batch)
-            nll, tokens = nll + float(sums["nll_sum"]), tokens + float(sums["token_count"])
-        loss = nll / max(tokens, 1.0)
+            sums = add_sums(sums, eval_fn(state, batch))
+        tokens = float(sums["token_count"])
+        loss = float(sums["nll_sum"]) / max(tokens, 1.0)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
 
-    metrics_log = MetricsLog(out)
-    try:
-        state, position, last_eval = train_loop(
-            state=state, train_step=step,
-            batches=train_batches(train, cfg.train, seed=cfg.seed, batch_sh=batch_sh),
-            steps_per_epoch=steps_per_epoch, config=cfg.train, start=start,
-            checkpointer=checkpointer, evaluate=evaluate if eval_ is not None else None,
-            metrics_log=metrics_log, desc="sft")
-    finally:
-        metrics_log.close()
+    state, position, last_eval = fit(
+        state=state, step=step, train=train, train_cfg=cfg.train, seed=cfg.seed, batch_sh=batch_sh,
+        steps_per_epoch=steps_per_epoch, start=start, checkpointer=checkpointer,
+        evaluate=evaluate if eval_ is not None else None, out=out, desc="sft")
     final = nnx.merge(graphdef, state.params, state.buffers)
-    save_pretrained(final, out / "final", tokenizer=tokenizer)
-    results = {"steps": position.steps, "eval": last_eval,
-               "data": {split: r.as_dict() for split, r in reports.items()},
-               "final_model": str(out / "final")}
-    if jax.process_index() == 0:
-        (out / "results.json").write_text(json.dumps(results, indent=2))
-    checkpointer.close()
-    return results
+    return finish_run(out, final, tokenizer, position=position, last_eval=last_eval, reports=reports,
+                      checkpointer=checkpointer)
