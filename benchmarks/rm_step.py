@@ -25,16 +25,8 @@ from pathlib import Path
 
 import numpy as np
 
-
-def char_tokenizer():
-    import transformers
-    from tokenizers import Tokenizer, models, pre_tokenizers
-    vocab = {"<pad>": 0, "<s>": 1, "</s>": 2, "<unk>": 3}
-    vocab.update({c: i + 4 for i, c in enumerate(string.ascii_lowercase + " :")})
-    raw = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
-    raw.pre_tokenizer = pre_tokenizers.Split("", behavior="isolated")
-    return transformers.PreTrainedTokenizerFast(tokenizer_object=raw, pad_token="<pad>",
-                                                bos_token="<s>", eos_token="</s>", unk_token="<unk>")
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from common import llama_folder  # noqa: E402
 
 
 def ranked_rows(n: int, k: int, prompt_chars: int, response_chars: int, seed: int = 0):
@@ -154,16 +146,11 @@ def main(argv=None, results: list | None = None) -> int:
     parser.add_argument("--no-trl", action="store_true")
     args = parser.parse_args(argv)
 
-    from jaxrlhf.models import LlamaConfig, create_model, save_pretrained
+    from jaxrlhf.models import read_config
 
-    e, m = args.hidden, int(args.hidden * 8 / 3) // 16 * 16
-    config = LlamaConfig(vocab_size=args.vocab, hidden_size=e, intermediate_size=m,
-                         num_hidden_layers=args.layers, num_attention_heads=args.heads,
-                         num_key_value_heads=args.kv_heads, max_position_embeddings=args.max_length,
-                         tie_word_embeddings=True,
-                         extra_json='{"pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}')
-    folder = Path(tempfile.mkdtemp()) / "model"
-    save_pretrained(create_model(config, seed=0), folder, tokenizer=char_tokenizer())
+    folder = llama_folder(hidden=args.hidden, layers=args.layers, heads=args.heads,
+                          kv_heads=args.kv_heads, vocab=args.vocab, max_positions=args.max_length)
+    e, m = args.hidden, read_config(folder).intermediate_size
     d = e // args.heads
     n_matmul = args.layers * (e * d * (2 * args.heads + 2 * args.kv_heads) + 3 * e * m) + e
     peak = matmul_peak_flops()

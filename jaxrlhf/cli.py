@@ -119,15 +119,10 @@ def run_inspect(args) -> int:
     import numpy as np
     from flax import nnx
 
-    from jaxrlhf.config import ConfigError
     from jaxrlhf.models import from_pretrained
-    from jaxrlhf.sharding import MeshConfig, per_device_bytes
+    from jaxrlhf.sharding import per_device_bytes
 
-    try:
-        mesh_config = MeshConfig.parse(args.mesh)
-    except ValueError as e:
-        raise ConfigError(f"--mesh: {e}") from None
-    mesh = _mesh_or_error(mesh_config, "--mesh")
+    mesh = _mesh_from_flag(args.mesh)
     model = from_pretrained(args.model, dtype=args.dtype, mesh=mesh, progress=True)
     c = model.config
     print(f"model      {args.model}: {c.model_type}, {c.num_hidden_layers} layers, "
@@ -305,16 +300,14 @@ def add_generate(sub) -> None:
 def run_generate(args) -> int:
     from jaxrlhf.config import ConfigError
     from jaxrlhf.generate import SamplingConfig
-    from jaxrlhf.sharding import MeshConfig
     from jaxrlhf.stages.sample import generate_file
 
     try:
         config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p)
-        mesh_config = MeshConfig.parse(args.mesh)
     except ValueError as e:
         raise ConfigError(str(e)) from None
-    mesh = _mesh_or_error(mesh_config, "--mesh")
+    mesh = _mesh_from_flag(args.mesh)
     if args.batch_size % (mesh.shape["data"] * mesh.shape["fsdp"]):
         raise ConfigError(f"--batch-size {args.batch_size} must be a multiple of data x fsdp "
                           f"= {mesh.shape['data'] * mesh.shape['fsdp']}")
@@ -354,19 +347,14 @@ def add_plan(sub) -> None:
 def run_plan(args) -> int:
     import json as json_
 
-    from jaxrlhf.config import ConfigError, read_yaml
+    from jaxrlhf.config import read_yaml
     from jaxrlhf.models import config_from_hf
     from jaxrlhf.plan import format_plan, plan_ppo_iteration, plan_rm_step
-    from jaxrlhf.sharding import MeshConfig
 
     path = Path(args.config)
     hf = json_.loads(path.read_text()) if path.suffix == ".json" else read_yaml(path)
     arch = config_from_hf(hf, strict=path.suffix != ".json", source=str(path))
-    try:
-        mesh_config = MeshConfig.parse(args.mesh)
-    except ValueError as e:
-        raise ConfigError(f"--mesh: {e}") from None
-    mesh = _mesh_or_error(mesh_config, "--mesh")
+    mesh = _mesh_from_flag(args.mesh)
     batch = args.batch or mesh.shape["data"] * mesh.shape["fsdp"]
     common = dict(dtype=args.dtype, remat=not args.no_remat)
     print(f"{arch.model_type}: {arch.num_hidden_layers} layers, hidden {arch.hidden_size}, vocab "
@@ -391,6 +379,17 @@ def _mesh_or_error(mesh_config, what: str):
         return make_mesh(mesh_config)
     except ValueError as e:
         raise ConfigError(f"{what}: {e}") from None
+
+
+def _mesh_from_flag(text: str):
+    """The mesh a --mesh flag (data=..,fsdp=..,tensor=..) describes; bad values are user errors."""
+    from jaxrlhf.config import ConfigError
+    from jaxrlhf.sharding import MeshConfig
+    try:
+        mesh_config = MeshConfig.parse(text)
+    except ValueError as e:
+        raise ConfigError(f"--mesh: {e}") from None
+    return _mesh_or_error(mesh_config, "--mesh")
 
 
 def _param_count(model) -> int:

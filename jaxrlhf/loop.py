@@ -14,7 +14,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import logging
-import math
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
@@ -185,7 +184,3 @@ def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, dict]]
     if checkpointer is not None:
         checkpointer.wait()
     return state, position, last_eval
-
-
-def epochs_needed(total_steps: int, steps_per_epoch: int) -> int:
-    return math.ceil(total_steps / max(steps_per_epoch, 1))

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import dataclasses
 import functools
+import math
 
 import jax
 import jax.numpy as jnp
@@ -39,15 +40,8 @@ def per_device_bytes(tree) -> int:
     total = 0
     for leaf in jax.tree.leaves(tree):
         shape = leaf.sharding.shard_shape(leaf.shape) if leaf.sharding is not None else leaf.shape
-        total += int(np_prod(shape)) * jnp.dtype(leaf.dtype).itemsize
+        total += math.prod(shape) * jnp.dtype(leaf.dtype).itemsize
     return total
-
-
-def np_prod(shape) -> int:
-    out = 1
-    for d in shape:
-        out *= int(d)
-    return out
 
 
 def _memory(name: str, compiled, arguments) -> MemoryPlan:

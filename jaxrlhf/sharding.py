@@ -189,13 +189,6 @@ def create_sharded(make_model: Callable[[], nnx.Module], mesh: Mesh) -> nnx.Modu
     return nnx.merge(graphdef, state)
 
 
-def shard_module(model: nnx.Module, mesh: Mesh) -> nnx.Module:
-    """Reshard an existing module's state onto ``mesh`` following its logical axes (in place)."""
-    state = nnx.state(model)
-    nnx.update(model, jax.device_put(state, state_shardings(state, mesh)))
-    return model
-
-
 def constrain(x: jax.Array, logical_axes: Sequence[str | None]) -> jax.Array:
     """Constrain an activation's sharding by logical axes, when a mesh is set.
 

@@ -105,6 +105,12 @@ class PPOConfig:
 # --------------------------------------------------------------------------- scoring
 
 
+def _reward_model_scores(graphdef, state, input_ids, attention_mask, *, normalize: bool):
+    rm = nnx.merge(graphdef, state)
+    rewards = rm(input_ids, attention_mask)
+    return rm.normalized(rewards) if normalize else rewards
+
+
 class Scorer:
     """Scores rollouts: reward models on device (same token ids), rules on the host."""
 
@@ -122,8 +128,8 @@ class Scorer:
                     raise ConfigError(f"reward model {source.path} has vocab {rm.config.vocab_size}, the "
                                       f"policy {policy_vocab}: it must score the policy's token ids")
                 graphdef, state = nnx.split(rm)
-                forward = jax.jit(lambda s, ids, mask, g=graphdef, norm=source.normalize: (
-                    (lambda m: m.normalized(m(ids, mask)) if norm else m(ids, mask))(nnx.merge(g, s))))
+                forward = jax.jit(functools.partial(_reward_model_scores, graphdef,
+                                                    normalize=source.normalize))
                 self.models[key] = (forward, state, source.include_eos)
             else:
                 self.rules[key] = functools.partial(get_rule(source.name), **source.kwargs)
@@ -185,7 +191,7 @@ def init_ppo_state(actor_params, actor_buffers, critic_params, critic_buffers, a
 
 
 def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
-    from jaxrlhf.data import batches_per_epoch, iterate_batches
+    from jaxrlhf.data import batches_per_epoch, iterate_batches, pad_id_of
     from jaxrlhf.data.prompts import load_prompts, prompt_meta, tokenize_prompts
     from jaxrlhf.generate import generate
     from jaxrlhf.loop import MetricsLog, to_floats
@@ -204,10 +210,9 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
     per_epoch = batches_per_epoch(len(prompts), cfg.train.batch_size)
     if per_epoch == 0:
         raise ConfigError(f"{len(prompts)} prompts are fewer than train.batch_size {cfg.train.batch_size}")
-    eos_id, pad_id = tokenizer.eos_token_id, tokenizer.pad_token_id
+    eos_id, pad_id = tokenizer.eos_token_id, pad_id_of(tokenizer)
     if eos_id is None:
         raise ConfigError("the tokenizer has no EOS token: PPO needs one to end responses")
-    pad_id = pad_id if pad_id is not None else eos_id
 
     common = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, mesh=mesh)
     actor = from_pretrained(cfg.model.path, remat=cfg.model.remat, **common)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import time
@@ -21,6 +22,7 @@ def generate_file(model_dir: str, prompts_file: str, out_file: str, *, config, b
     """Write one JSON line per prompt row: the row's fields plus ``response``, ``response_tokens``
     and ``finished`` (EOS emitted). Every row is kept, in order; the last batch is padded to
     the batch size so that one compilation serves the whole file."""
+    from jaxrlhf.data import pad_id_of
     from jaxrlhf.data.prompts import load_prompts, tokenize_prompts
     from jaxrlhf.generate import generate
     from jaxrlhf.models import from_pretrained, load_tokenizer
@@ -31,7 +33,7 @@ def generate_file(model_dir: str, prompts_file: str, out_file: str, *, config, b
     model = from_pretrained(model_dir, dtype=dtype, mesh=mesh)
     graphdef, state = nnx.split(model)
     eos = tokenizer.eos_token_id
-    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else eos
+    pad = pad_id_of(tokenizer)
     sample = jax.jit(lambda s, ids, mask, key: generate(graphdef, s, ids, mask, key, config=config,
                                                         eos_id=eos, pad_id=pad))
     key = jax.random.key(seed)
@@ -44,7 +46,7 @@ def generate_file(model_dir: str, prompts_file: str, out_file: str, *, config, b
             padded = np.concatenate([rows, np.full(batch_size - len(rows), rows[-1])])
             batch = arrays.take(padded)
             t0 = time.perf_counter()
-            context = jax.set_mesh(mesh) if mesh is not None else _nullcontext()
+            context = jax.set_mesh(mesh) if mesh is not None else contextlib.nullcontext()
             with context:
                 gen = jax.block_until_ready(sample(state, batch.input_ids, batch.attention_mask,
                                                    jax.random.fold_in(key, start)))
@@ -60,11 +62,3 @@ def generate_file(model_dir: str, prompts_file: str, out_file: str, *, config, b
                 generated += int(mask[j].sum())
     return {"rows": len(arrays), "generated_tokens": generated, "seconds": seconds,
             "prompts": report.as_dict()}
-
-
-class _nullcontext:
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        return False

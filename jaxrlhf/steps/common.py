@@ -115,11 +115,6 @@ def accumulate(loss_fn: Callable, params: nnx.State, micro_batches: dict) -> tup
     return grads, aux
 
 
-def batch_spec(ndim: int) -> P:
-    """Batches are [A (micro-batches), b, ...]: b split over the data-parallel axes."""
-    return P(None, ("data", "fsdp"), *([None] * (ndim - 2)))
-
-
 def batch_shardings(mesh: Mesh, batch: dict[str, np.ndarray]) -> dict[str, NamedSharding]:
     def spec(x):
         s = logical_to_spec((None, "act_batch") + (None,) * (x.ndim - 2), x.shape, mesh)
