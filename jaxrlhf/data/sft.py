@@ -18,7 +18,6 @@ keys whose values are not null:
 
 from __future__ import annotations
 
-import collections
 import dataclasses
 import os
 from collections.abc import Sequence
@@ -28,7 +27,7 @@ import numpy as np
 
 from jaxrlhf.data.preference import (CleanReport, DataError, _adds_bos, _Bad, _first_present, _messages,
                                      _prompt_text, _response_text, _type, clean_rows)
-from jaxrlhf.data.tokenize import _fit_prompt, _split_special, pad_id_of
+from jaxrlhf.data.tokenize import layout_sequences
 
 # Every reason an SFT row can be skipped for; the preference reasons that fit, plus one.
 SFT_SKIP_REASONS = (
@@ -190,49 +189,13 @@ def tokenize_prompt_responses(prompts: Sequence[str], responses: Sequence[Sequen
     truncation), 0 on the prompt, padding and always position 0, which nothing predicts (it
     matters for an empty prompt with a tokenizer that adds no BOS).
     """
-    # input_ids, attention_mask, loss_mask: [N, K, T]
-    n, t = len(prompts), max_length
-    if n == 0:
+    if len(prompts) == 0:
         raise ValueError("no examples to tokenise")
     k = len(responses[0])
     assert all(len(r) == k for r in responses), "every prompt needs the same number of responses"
-    min_prompt = max_length // 4 if min_prompt_tokens is None else min_prompt_tokens
-    if max_length < 2 or not 0 <= min_prompt < max_length:
-        raise ValueError(f"need max_length >= 2 and 0 <= min_prompt_tokens < max_length, "
-                         f"got {max_length} and {min_prompt}")
-    eos_id = getattr(tokenizer, "eos_token_id", None)
-    eos = [int(eos_id)] if append_eos and eos_id is not None else []
-    prompts = list(prompts)
-    # Batched calls: the fast tokenizer does the whole list in Rust.
-    with_special = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    plain = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    flat = tokenizer([r for rs in responses for r in rs], add_special_tokens=False)["input_ids"]
-
-    input_ids = np.full((n, k, t), pad_id_of(tokenizer), np.int32)
-    attention_mask = np.zeros((n, k, t), np.int32)
-    loss_mask = np.zeros((n, k, t), np.int32)
-    counts = collections.Counter()
-    for i in range(n):
-        parts = _split_special(list(with_special[i]), list(plain[i]))
-        if len(parts[0]) + len(parts[2]) >= t:
-            raise ValueError(f"max_length={t} leaves no room beside the tokenizer's special tokens")
-        seqs = [list(ids) + eos for ids in flat[i * k:(i + 1) * k]]
-        # cut once, for the longest response, so every response sees the same prompt tokens
-        prompt, cut = _fit_prompt(parts, max(map(len, seqs)), t, min_prompt)
-        if cut:
-            counts["prompt_truncated"] += 1
-        for j, response in enumerate(seqs):
-            room = t - len(prompt)
-            if len(response) > room:
-                counts["response_truncated"] += 1
-                response = response[:room]
-            seq = prompt + response
-            input_ids[i, j, :len(seq)] = seq
-            attention_mask[i, j, :len(seq)] = 1
-            loss_mask[i, j, len(prompt):len(seq)] = 1
-    loss_mask[..., 0] = 0
-    if report is not None:
-        report.truncated.update(counts)
+    input_ids, attention_mask, loss_mask, _ = layout_sequences(
+        prompts, responses, tokenizer, max_length=max_length, min_prompt_tokens=min_prompt_tokens,
+        append_eos=append_eos, num_slots=k, report=report)
     return input_ids, attention_mask, loss_mask
 
 

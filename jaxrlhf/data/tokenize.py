@@ -72,6 +72,63 @@ def _fit_prompt(parts: tuple[list[int], list[int], list[int]], longest_response:
     return prefix + body[len(body) - body_keep:] + suffix, True
 
 
+def layout_sequences(prompts: Sequence[str], responses: Sequence[Sequence[str]], tokenizer, *,
+                     max_length: int, min_prompt_tokens: int | None, append_eos: bool,
+                     num_slots: int, report: CleanReport | None) -> tuple[np.ndarray, ...]:
+    """``prompt + response + [EOS]`` for every response of every prompt, right-padded.
+
+    Returns ``(input_ids, attention_mask, loss_mask, slot_mask)``: the first three
+    ``[N, num_slots, max_length]`` int32, ``slot_mask`` ``[N, num_slots]`` bool (False for
+    the empty slots of prompts with fewer responses). ``loss_mask`` is 1 on the response
+    tokens and EOS that survive truncation, never on position 0 (nothing predicts it).
+    The prompt is cut once per prompt, for its longest response, so all its responses see
+    the same prompt tokens; truncations are counted in ``report.truncated``.
+    """
+    # input_ids, attention_mask, loss_mask: [N, K, T]; slot_mask: [N, K]
+    min_prompt = max_length // 4 if min_prompt_tokens is None else min_prompt_tokens
+    if max_length < 2 or not 0 <= min_prompt < max_length:
+        raise ValueError(f"need max_length >= 2 and 0 <= min_prompt_tokens < max_length, "
+                         f"got {max_length} and {min_prompt}")
+    eos_id = getattr(tokenizer, "eos_token_id", None)
+    eos = [int(eos_id)] if append_eos and eos_id is not None else []
+    prompts = list(prompts)
+    # Batched calls: the fast tokenizer does the whole list in Rust.
+    with_special = tokenizer(prompts, add_special_tokens=True)["input_ids"]
+    plain = tokenizer(prompts, add_special_tokens=False)["input_ids"]
+    flat = tokenizer([r for rs in responses for r in rs], add_special_tokens=False)["input_ids"]
+
+    n, k, t = len(prompts), num_slots, max_length
+    input_ids = np.full((n, k, t), pad_id_of(tokenizer), np.int32)
+    attention_mask = np.zeros((n, k, t), np.int32)
+    loss_mask = np.zeros((n, k, t), np.int32)
+    slot_mask = np.zeros((n, k), bool)
+    counts = collections.Counter()
+    at = 0
+    for i in range(n):
+        parts = _split_special(list(with_special[i]), list(plain[i]))
+        if len(parts[0]) + len(parts[2]) >= t:
+            raise ValueError(f"max_length={t} leaves no room beside the tokenizer's special tokens")
+        seqs = [list(ids) + eos for ids in flat[at:at + len(responses[i])]]
+        at += len(responses[i])
+        prompt, cut = _fit_prompt(parts, max(map(len, seqs)), t, min_prompt)
+        if cut:
+            counts["prompt_truncated"] += 1
+        for j, response in enumerate(seqs):
+            room = t - len(prompt)
+            if len(response) > room:
+                counts["response_truncated"] += 1
+                response = response[:room]
+            seq = prompt + response
+            input_ids[i, j, :len(seq)] = seq
+            attention_mask[i, j, :len(seq)] = 1
+            loss_mask[i, j, len(prompt):len(seq)] = 1
+            slot_mask[i, j] = True
+    loss_mask[..., 0] = 0
+    if report is not None:
+        report.truncated.update(counts)
+    return input_ids, attention_mask, loss_mask, slot_mask
+
+
 def tokenize_ranked(examples: Sequence[RankedExample], tokenizer, *, max_length: int,
                     min_prompt_tokens: int | None = None, append_eos: bool = True,
                     num_slots: int | None = None, report: CleanReport | None = None) -> RankedArrays:
@@ -102,52 +159,19 @@ def tokenize_ranked(examples: Sequence[RankedExample], tokenizer, *, max_length:
     examples = list(examples)
     if not examples:
         raise ValueError("tokenize_ranked: no examples")
-    min_prompt = max_length // 4 if min_prompt_tokens is None else min_prompt_tokens
-    if max_length < 2 or not 0 <= min_prompt < max_length:
-        raise ValueError(f"need max_length >= 2 and 0 <= min_prompt_tokens < max_length, "
-                         f"got {max_length} and {min_prompt}")
     most = max(len(ex.responses) for ex in examples)
     k = most if num_slots is None else num_slots
     for ex in examples:
         if len(ex.responses) > k:
             raise ValueError(f"{ex.source}:{ex.line}: {len(ex.responses)} responses but num_slots={k}")
 
-    eos_id = getattr(tokenizer, "eos_token_id", None)
-    eos = [int(eos_id)] if append_eos and eos_id is not None else []
-    prompts = [ex.prompt for ex in examples]
-    # Batched calls: the fast tokenizer does the whole list in Rust.
-    with_special = tokenizer(prompts, add_special_tokens=True)["input_ids"]
-    plain = tokenizer(prompts, add_special_tokens=False)["input_ids"]
-    responses = tokenizer([r for ex in examples for r in ex.responses], add_special_tokens=False)["input_ids"]
-
-    n, t = len(examples), max_length
-    input_ids = np.full((n, k, t), pad_id_of(tokenizer), np.int32)
-    attention_mask = np.zeros((n, k, t), np.int32)
-    scores = np.zeros((n, k), np.float32)
-    slot_mask = np.zeros((n, k), bool)
-    counts = collections.Counter()
-    at = 0
+    input_ids, attention_mask, _, slot_mask = layout_sequences(
+        [ex.prompt for ex in examples], [ex.responses for ex in examples], tokenizer,
+        max_length=max_length, min_prompt_tokens=min_prompt_tokens, append_eos=append_eos,
+        num_slots=k, report=report)
+    scores = np.zeros(slot_mask.shape, np.float32)
     for i, ex in enumerate(examples):
-        parts = _split_special(list(with_special[i]), list(plain[i]))
-        if len(parts[0]) + len(parts[2]) >= t:
-            raise ValueError(f"max_length={t} leaves no room beside the tokenizer's special tokens")
-        seqs = [list(ids) + eos for ids in responses[at:at + len(ex.responses)]]
-        at += len(ex.responses)
-        prompt, cut = _fit_prompt(parts, max(map(len, seqs)), t, min_prompt)
-        if cut:
-            counts["prompt_truncated"] += 1
-        for j, response in enumerate(seqs):
-            room = t - len(prompt)
-            if len(response) > room:
-                counts["response_truncated"] += 1
-                response = response[:room]
-            seq = prompt + response
-            input_ids[i, j, :len(seq)] = seq
-            attention_mask[i, j, :len(seq)] = 1
-            scores[i, j] = ex.scores[j]
-            slot_mask[i, j] = True
-    if report is not None:
-        report.truncated.update(counts)
+        scores[i, :len(ex.scores)] = ex.scores
     return RankedArrays(input_ids, attention_mask, scores, slot_mask)
 
 
