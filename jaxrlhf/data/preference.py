@@ -340,15 +340,27 @@ def _conversation(row: dict, tokenizer, where: str) -> Parsed:
         if not "".join(m["content"] for m in full[len(prompt):]).strip():
             raise _Bad("empty response", key)
 
+    prompt_text, responses = _render_turns(tokenizer, prompt, {"chosen": chosen, "rejected": rejected})
+    return prompt_text, tuple(responses), (1.0, 0.0)
+
+
+def _render_turns(tokenizer, prompt: list[dict], fulls: dict[str, list[dict]]) -> tuple[str, list[str]]:
+    """``(prompt_text, response_texts)``: each conversation in ``fulls`` (field -> messages)
+    rendered minus ``prompt`` rendered with the generation prompt.
+
+    The texts follow the plain-row convention the tokenisers rely on: a leading BOS string
+    is dropped when the tokenizer adds BOS itself, and a trailing EOS string is dropped
+    because EOS is appended as a token (otherwise both would appear twice).
+    """
     import jinja2
 
     try:
         prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        full_texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in (chosen, rejected)]
+        full_texts = [tokenizer.apply_chat_template(m, tokenize=False) for m in fulls.values()]
     except (jinja2.TemplateError, ValueError) as e:  # templates raise on roles they reject
         raise _Bad("chat template mismatch", None, f"the chat template failed: {e}") from None
     responses = []
-    for key, text in zip(("chosen", "rejected"), full_texts):
+    for key, text in zip(fulls, full_texts):
         if not text.startswith(prompt_text):
             raise _Bad("chat template mismatch", key, "the rendered conversation does not start with the "
                        "rendered prompt (add_generation_prompt=True)")
@@ -362,7 +374,7 @@ def _conversation(row: dict, tokenizer, where: str) -> Parsed:
     bos = getattr(tokenizer, "bos_token", None)
     if bos and prompt_text.startswith(bos) and _adds_bos(tokenizer):
         prompt_text = prompt_text[len(bos):]
-    return prompt_text, tuple(responses), (1.0, 0.0)
+    return prompt_text, responses
 
 
 def _parse_row(row: Any, tokenizer, where: str) -> Parsed:

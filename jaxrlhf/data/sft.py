@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxrlhf.data.preference import (CleanReport, DataError, _adds_bos, _Bad, _first_present, _messages,
+from jaxrlhf.data.preference import (CleanReport, DataError, _Bad, _render_turns, _first_present, _messages,
                                      _prompt_text, _response_text, _type, clean_rows)
 from jaxrlhf.data.tokenize import layout_sequences
 
@@ -70,34 +70,6 @@ def _text(row: dict) -> tuple[str, str]:
     return "", _response_text(row["text"], "text")
 
 
-def _render_turn(tokenizer, prompt: list[dict], full: list[dict], field: str) -> tuple[str, str]:
-    """``(prompt_text, response_text)``: ``full`` rendered minus ``prompt`` rendered with the
-    generation prompt, in the plain-row convention the tokenisers rely on (as preference.py's
-    conversations): a leading BOS string is dropped when the tokenizer adds BOS itself, and a
-    trailing EOS string is dropped because EOS is appended as a token (else both appear twice).
-    """
-    import jinja2
-
-    try:
-        prompt_text = tokenizer.apply_chat_template(prompt, tokenize=False, add_generation_prompt=True)
-        text = tokenizer.apply_chat_template(full, tokenize=False)
-    except (jinja2.TemplateError, ValueError) as e:  # templates raise on roles they reject
-        raise _Skip("chat template mismatch", None, f"the chat template failed: {e}") from None
-    if not text.startswith(prompt_text):
-        raise _Skip("chat template mismatch", field, "the rendered conversation does not start with the "
-                    "rendered prompt (add_generation_prompt=True)")
-    text = text[len(prompt_text):]
-    eos = getattr(tokenizer, "eos_token", None)
-    if eos and text.rstrip().endswith(eos):
-        text = text.rstrip()[:-len(eos)]
-    if not text.strip():
-        raise _Skip("empty response", field)
-    bos = getattr(tokenizer, "bos_token", None)
-    if bos and prompt_text.startswith(bos) and _adds_bos(tokenizer):
-        prompt_text = prompt_text[len(bos):]
-    return prompt_text, text
-
-
 def _conversation(row: dict, tokenizer, where: str) -> tuple[str, str]:
     """Render a ``messages`` row as ``(prompt, response)`` text around its last assistant turn.
 
@@ -123,7 +95,8 @@ def _conversation(row: dict, tokenizer, where: str) -> tuple[str, str]:
         raise _Skip("empty prompt", "messages", "no message before the answer")
     if not messages[last]["content"].strip():
         raise _Skip("empty response", f"messages[{last}]")
-    return _render_turn(tokenizer, messages[:last], messages[:last + 1], "messages")
+    prompt_text, (response,) = _render_turns(tokenizer, messages[:last], {"messages": messages[:last + 1]})
+    return prompt_text, response
 
 
 def _parse_sft_row(row: Any, tokenizer, where: str) -> tuple[str, str]:
