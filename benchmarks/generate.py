@@ -2,97 +2,128 @@
 same weights, batch, prompt length and number of new tokens, in one run.
 
     python benchmarks/generate.py [--hidden 256 --layers 4 --batch 8 --prompt 64 --new 64]
+    python benchmarks/generate.py --hidden 2048 --layers 16 --heads 32 --kv-heads 8 --dtype bfloat16
 
-Greedy decoding, EOS disabled so every row generates exactly --new tokens. Medians of
---repeats timed runs after one warm-up (compilation for JAX).
+Greedy decoding, EOS disabled so every row generates exactly --new tokens; weights and KV
+cache in --dtype on both sides (torch on cuda when available). Prints generated tokens/s
+(prefill included) and, for the decode steps alone (a run with --new tokens minus a run
+with 1), the fraction of the memory-bandwidth roofline: a decode step must read every
+weight once plus the K/V cache of the tokens so far, so its shortest possible time is
+those bytes over the device's memory bandwidth (measured here with a JAX copy / sum of a
+large array). Medians of --repeats timed runs after one warm-up (compilation for JAX).
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
-import statistics
 import sys
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import llama_folder  # noqa: E402
+import common  # noqa: E402
 
 
-def time_runs(fn, repeats):
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def prompts(args) -> tuple[np.ndarray, np.ndarray]:
+    """Left-padded random prompts [B, P] (pad id 0) and their mask."""
+    rng = np.random.default_rng(0)
+    ids = rng.integers(4, 30, size=(args.batch, args.prompt)).astype(np.int32)
+    lengths = rng.integers(args.prompt // 2, args.prompt + 1, size=args.batch)
+    mask = (np.arange(args.prompt)[None] >= args.prompt - lengths[:, None]).astype(np.int32)
+    return ids * mask, mask
 
 
-def main(argv=None, results: list | None = None) -> int:
-    """Print the table; append one dict per row to ``results`` (for run_all.py)."""
-    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--batch", type=int, default=8)
-    parser.add_argument("--prompt", type=int, default=64)
-    parser.add_argument("--new", type=int, default=64)
-    parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"])
-    args = parser.parse_args(argv)
-
+def ours(folder: Path, ids, mask, args) -> dict[int, float]:
+    """Median seconds of one generate call for 1 and for --new new tokens."""
     import jax
     from flax import nnx
 
     from jaxrlhf.generate import SamplingConfig, generate
     from jaxrlhf.models import from_pretrained
 
-    folder = llama_folder(hidden=args.hidden, layers=args.layers, max_positions=args.prompt + args.new)
-    rng = np.random.default_rng(0)
-    ids = rng.integers(4, 30, size=(args.batch, args.prompt)).astype(np.int32)
-    lengths = rng.integers(args.prompt // 2, args.prompt + 1, size=args.batch)
-    mask = (np.arange(args.prompt)[None] >= args.prompt - lengths[:, None]).astype(np.int32)
-    ids = ids * mask  # left padding with pad id 0
-    tokens = args.batch * args.new
-
-    model = from_pretrained(folder, dtype=args.dtype)
+    model = from_pretrained(folder, dtype=args.dtype, param_dtype=args.dtype)
     graphdef, state = nnx.split(model)
-    sample = jax.jit(functools.partial(generate, graphdef, config=SamplingConfig(args.new, temperature=0.0),
-                                       eos_id=-1, pad_id=0))
-    ours = time_runs(lambda: jax.block_until_ready(sample(state, ids, mask, jax.random.key(0)).tokens),
-                     args.repeats)
-    print(f"model: Llama d={args.hidden} layers={args.layers}; batch {args.batch}, prompt {args.prompt} "
-          f"(left-padded), {args.new} new tokens, greedy, {args.dtype}, device {jax.devices()[0].platform}")
-    print(f"{'runner':<40} {'seconds':>8} {'tokens/s':>10} {'vs ours':>8}")
-    print(f"{'jaxrlhf (prefill + lax.while_loop)':<40} {ours:>8.3f} {tokens / ours:>10.0f} {1.0:>7.2f}x")
-    row = dict(benchmark=f"generate, batch {args.batch}, {args.prompt}+{args.new} tokens", unit="tokens/s")
-    if results is not None:
-        results.append(dict(row, runner="jaxrlhf", value=tokens / ours, detail=f"{ours:.3f} s"))
-    try:
-        import torch
-        import transformers
-    except ImportError:
-        print("transformers/torch not installed: skipped")
-        return 0
-    hf = transformers.AutoModelForCausalLM.from_pretrained(
-        folder, dtype=torch.float32 if args.dtype == "float32" else torch.bfloat16).eval()
-    t_ids, t_mask = torch.from_numpy(ids).long(), torch.from_numpy(mask).long()
+    seconds = {}
+    for new in (1, args.new):
+        sample = jax.jit(functools.partial(generate, graphdef, config=SamplingConfig(new, temperature=0.0),
+                                           eos_id=-1, pad_id=0))
+        seconds[new] = common.median_seconds(
+            lambda: jax.block_until_ready(sample(state, ids, mask, jax.random.key(0)).tokens), args.repeats)
+    return seconds
 
-    def run_hf():
+
+def transformers_seconds(folder: Path, ids, mask, args) -> dict[int, float]:
+    import torch
+    import transformers
+
+    common.setup_peers(args)
+    device = common.torch_device()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=common.torch_dtype(args.dtype))
+    hf = hf.to(device).eval()
+    t_ids, t_mask = torch.from_numpy(ids).long().to(device), torch.from_numpy(mask).long().to(device)
+
+    def run(new: int):
         with torch.no_grad():
-            hf.generate(input_ids=t_ids, attention_mask=t_mask, max_new_tokens=args.new,
-                        min_new_tokens=args.new, do_sample=False, pad_token_id=0, eos_token_id=None)
+            hf.generate(input_ids=t_ids, attention_mask=t_mask, max_new_tokens=new, min_new_tokens=new,
+                        do_sample=False, pad_token_id=0, eos_token_id=None)
+        common.torch_sync()
 
-    theirs = time_runs(run_hf, args.repeats)
-    if results is not None:
-        results.append(dict(row, runner="transformers generate", value=tokens / theirs, detail=f"{theirs:.3f} s"))
-    print(f"{'transformers generate (PyTorch)':<40} {theirs:>8.3f} {tokens / theirs:>10.0f} "
-          f"{ours / theirs:>7.2f}x")
-    print(f"jaxrlhf is {theirs / ours:.2f}x the tokens/s of transformers")
-    return 0
+    return {new: common.median_seconds(functools.partial(run, new), args.repeats) for new in (1, args.new)}
+
+
+def benchmark_name(args) -> str:
+    return f"generate, batch {args.batch}, {args.prompt}+{args.new} tok"
+
+
+def report(args, name: str, seconds: dict[int, float], base: float | None) -> dict:
+    total = seconds[args.new]
+    decode = total - seconds[1]  # the --new - 1 decode steps after prefill + first token
+    steps = args.new - 1
+    tok_s = args.batch * args.new / total
+    roofline = decode_tok_s = None
+    if steps and decode > 0.05 * total:  # else lost in the timing noise (tiny models)
+        decode_tok_s = args.batch * steps / decode
+        step_bytes = common.decode_step_bytes(args, args.batch, args.prompt + args.new / 2)
+        roofline = steps * step_bytes / common.memory_bandwidth() / decode
+    shown = lambda x, f: "n/a" if x is None else format(x, f)
+    print(f"{name:<40} {total:>8.3f} {tok_s:>10.0f} {shown(decode_tok_s, '.0f'):>12} "
+          f"{shown(roofline, '.1%'):>9} {(base or total) / total:>7.2f}x")
+    return common.row(benchmark_name(args), name, tok_s, "tokens/s", tok_s=tok_s, roofline=roofline,
+                      detail=f"{total:.3f} s; decode {shown(decode_tok_s, '.0f')} tok/s; "
+                             f"prefill+1 {seconds[1] * 1e3:.0f} ms")
+
+
+def main(argv=None, results: list | None = None) -> int:
+    """Print the table; append one dict per row to ``results`` (for run_all.py)."""
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    common.add_common_args(parser, batch=8, batch_help="prompts decoded together")
+    parser.add_argument("--prompt", type=int, default=64, help="prompt tokens (left-padded, lengths P/2..P)")
+    parser.add_argument("--new", type=int, default=64, help="generated tokens per row")
+    parser.add_argument("--repeats", type=int, default=5)
+    args = parser.parse_args(argv)
+
+    folder = common.model_folder(args)
+    ids, mask = prompts(args)
+    bandwidth = common.memory_bandwidth()
+    step_bytes = common.decode_step_bytes(args, args.batch, args.prompt + args.new / 2)
+    print(f"generate: {common.describe(args)}; batch {args.batch}, prompt {args.prompt} (left-padded), "
+          f"{args.new} new tokens, greedy, device {common.platform()}")
+    print(f"memory bandwidth (JAX copy/sum): {bandwidth / 1e9:.1f} GB/s; a decode step reads "
+          f"{step_bytes / 1e6:.1f} MB (weights + mean K/V cache) -> roofline "
+          f"{args.batch * bandwidth / step_bytes:.0f} decode tokens/s")
+    print(f"{'runner':<40} {'seconds':>8} {'tokens/s':>10} {'decode tok/s':>12} {'roofline':>9} {'vs ours':>8}")
+    out, base = [], None
+    if common.wants(args, "jaxrlhf"):
+        seconds = ours(folder, ids, mask, args)
+        out.append(report(args, "jaxrlhf (prefill + lax.while_loop)", seconds, None))
+        base = seconds[args.new]
+    if common.wants(args, "peers"):
+        out += common.run_peer(benchmark_name(args), "transformers generate",
+                               lambda: [report(args, "transformers generate",
+                                               transformers_seconds(folder, ids, mask, args), base)])
+    return common.finish(args, out, results)
 
 
 if __name__ == "__main__":

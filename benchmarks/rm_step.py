@@ -1,32 +1,31 @@
 """Reward-model training step: jaxrlhf vs trl's RewardTrainer, side by side in one run.
 
     python benchmarks/rm_step.py                 # default: a 4-layer d=256 Llama, T=128, 8 prompts
-    python benchmarks/rm_step.py --hidden 512 --layers 8 --steps 20
+    python benchmarks/rm_step.py --hidden 512 --layers 8 --steps 20 --dtype bfloat16
 
-For each K (answers per prompt) it prints ms/step, prompts/s and model FLOP/s as a
-fraction of this machine's measured matmul peak. jaxrlhf scores each of the K answers
-once and forms all C(K,2) pairs from the [B, K] reward matrix; trl (when installed)
-trains on the same ranked data expanded to the C(K,2) (chosen, rejected) pairs it needs,
-once with its default settings and once with gradient checkpointing off. Same model
-config, same data, same sequence length, float32, on the same device. Medians.
+For each K (answers per prompt) it prints ms/step, prompts/s, sequences/s, tokens/s and
+model FLOP/s as a fraction of this device's measured matmul peak (MFU). jaxrlhf scores
+each of the K answers once and forms all C(K,2) pairs from the [B, K] reward matrix; trl
+(when installed) trains on the same ranked data expanded to the C(K,2) (chosen, rejected)
+pairs it needs, once with its default settings and once with gradient checkpointing off.
+Same model config, data, sequence length and precision, on the same device (torch on
+cuda when available). Medians of --steps timed steps after 2 warm-up steps.
 """
 
 from __future__ import annotations
 
 import argparse
-import functools
 import math
-import statistics
 import string
 import sys
-import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from common import llama_folder  # noqa: E402
+import common  # noqa: E402
+
+WARMUP = common.WARMUP
 
 
 def ranked_rows(n: int, k: int, prompt_chars: int, response_chars: int, seed: int = 0):
@@ -37,65 +36,21 @@ def ranked_rows(n: int, k: int, prompt_chars: int, response_chars: int, seed: in
              "scores": list(rng.permutation(k).astype(float))} for _ in range(n)]
 
 
-def matmul_peak_flops(n: int = 2048, repeats: int = 5) -> float:
-    import jax
-    import jax.numpy as jnp
-    a = jax.random.normal(jax.random.key(0), (n, n), jnp.float32)
-    f = jax.jit(lambda x: x @ x)
-    f(a).block_until_ready()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        f(a).block_until_ready()
-        times.append(time.perf_counter() - start)
-    return 2 * n ** 3 / statistics.median(times)
-
-
-def step_flops(n_matmul_params: int, layers: int, hidden: int, seqs: int, t: int) -> float:
-    """Training FLOPs: 3x the forward (2 per multiply-add over weights, plus QK^T and AV)."""
-    forward = 2 * n_matmul_params * seqs * t + 4 * layers * t * t * hidden * seqs
-    return 3 * forward
-
-
-def ours(folder: Path, rows, k: int, batch: int, max_length: int, steps: int) -> list[float]:
-    import jax
-    from flax import nnx
-
+def ours(folder: Path, rows, k: int, args) -> list[float]:
     from jaxrlhf.data import RankedExample, tokenize_ranked
     from jaxrlhf.models import load_tokenizer, reward_model_from_pretrained
-    from jaxrlhf.stages.common import stack_micro_batches
-    from jaxrlhf.steps.common import OptimConfig, init_train_state, make_optimizer
     from jaxrlhf.steps.rm import rm_train_step
 
-    tok = load_tokenizer(folder)
     examples = [RankedExample(r["prompt"], tuple(r["responses"]), tuple(r["scores"]), "bench", i)
                 for i, r in enumerate(rows)]
-    arrays = tokenize_ranked(examples, tok, max_length=max_length, num_slots=k)
-    model = reward_model_from_pretrained(folder)
-    graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
-    tx = make_optimizer(OptimConfig(learning_rate=1e-5), total_steps=steps + 2)
-    state = init_train_state(params, buffers, tx, seed=0)
-    step = jax.jit(functools.partial(rm_train_step, graphdef=graphdef, tx=tx), donate_argnums=0)
-    batches = [jax.device_put(stack_micro_batches(arrays.take(np.arange(i * batch, (i + 1) * batch)).as_dict(), 1))
-               for i in range(len(arrays) // batch)]
-    times = []
-    for i in range(steps + 2):  # two warm-up steps (compile)
-        start = time.perf_counter()
-        state, metrics = step(state, batches[i % len(batches)])
-        jax.block_until_ready(metrics["loss"])
-        times.append(time.perf_counter() - start)
-    return times[2:]
+    arrays = tokenize_ranked(examples, load_tokenizer(folder), max_length=args.max_length, num_slots=k)
+    step, state = common.jitted_train_step(reward_model_from_pretrained(folder, dtype=args.dtype),
+                                           rm_train_step, args.steps + WARMUP)
+    return common.time_jax_steps(step, state, common.device_batches(arrays, args.batch), args.steps)
 
 
-def trl_times(folder: Path, rows, k: int, batch: int, max_length: int, steps: int,
-              gradient_checkpointing: bool | None) -> list[float] | None:
-    try:
-        import torch
-        import transformers
-        from datasets import Dataset
-        from trl import RewardConfig, RewardTrainer
-    except ImportError:
-        return None
+def ranked_to_pairs(rows, k: int) -> list[dict]:
+    """Every (better, worse) pair of each prompt's answers, as a pairwise trainer needs."""
     pairs = []
     for r in rows:
         order = np.argsort(r["scores"])[::-1]
@@ -105,86 +60,78 @@ def trl_times(folder: Path, rows, k: int, batch: int, max_length: int, steps: in
                 if r["scores"][w] > r["scores"][l]:
                     pairs.append({"prompt": r["prompt"], "chosen": r["responses"][w],
                                   "rejected": r["responses"][l]})
-    pairs_per_step = batch * math.comb(k, 2)
+    return pairs
+
+
+def trl_times(folder: Path, rows, k: int, args, gradient_checkpointing: bool | None) -> list[float]:
+    import torch  # noqa: F401  (ImportError here marks the peer as not installed)
+    import transformers
+    from datasets import Dataset
+    from trl import RewardConfig, RewardTrainer
+
+    common.setup_peers(args)
     tok = transformers.AutoTokenizer.from_pretrained(folder)
     model = transformers.AutoModelForSequenceClassification.from_pretrained(folder, num_labels=1,
-                                                                            dtype=torch.float32)
+                                                                            dtype=common.torch_dtype("float32"))
     model.config.pad_token_id = tok.pad_token_id
     times: list[float] = []
-
-    class Timer(transformers.TrainerCallback):
-        def on_step_begin(self, *args, **kwargs):
-            self.start = time.perf_counter()
-
-        def on_step_end(self, *args, **kwargs):
-            times.append(time.perf_counter() - self.start)
-
-    kwargs = dict(output_dir=tempfile.mkdtemp(), per_device_train_batch_size=pairs_per_step,
-                  max_steps=steps + 2, max_length=max_length, learning_rate=1e-5, report_to=[],
-                  save_strategy="no", logging_steps=10 ** 6, use_cpu=True, disable_tqdm=True,
-                  dataloader_drop_last=True)
+    kwargs = dict(common.trainer_kwargs(args, args.steps + WARMUP), max_length=args.max_length,
+                  per_device_train_batch_size=args.batch * math.comb(k, 2))
     if gradient_checkpointing is not None:
         kwargs["gradient_checkpointing"] = gradient_checkpointing
     trainer = RewardTrainer(model=model, args=RewardConfig(**kwargs), processing_class=tok,
-                            train_dataset=Dataset.from_list(pairs), callbacks=[Timer()])
-    trainer.train()
-    return times[2:]
+                            train_dataset=Dataset.from_list(ranked_to_pairs(rows, k)),
+                            callbacks=[common.step_timer(times)])
+    common.without_printer(trainer).train()
+    return times[WARMUP:]
+
+
+def report(args, k: int, name: str, times: list[float], seqs_per_prompt: int, base_ms: float | None) -> dict:
+    ms = common.median(times) * 1e3
+    seqs = args.batch * seqs_per_prompt
+    flops = common.train_flops(args, seqs, args.max_length, head_outputs=1)
+    mfu = flops / (ms / 1e3) / common.matmul_peak_flops(args.dtype)
+    seq_s = seqs / (ms / 1e3)
+    print(f"{k:>2} {name:<34} {ms:>9.1f} {args.batch / (ms / 1e3):>10.1f} {seq_s:>8.1f} "
+          f"{seq_s * args.max_length:>9.0f} {mfu:>7.1%} {ms / (base_ms or ms):>8.2f}x")
+    return common.row(f"RM step, K={k}, T={args.max_length}", name, args.batch / (ms / 1e3), "prompts/s",
+                      seq_s=seq_s, tok_s=seq_s * args.max_length, mfu=mfu,
+                      detail=f"{ms:.0f} ms/step, {seqs} seqs/step")
 
 
 def main(argv=None, results: list | None = None) -> int:
     """Print the table; append one dict per row to ``results`` (for run_all.py)."""
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", type=int, default=256)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=4)
-    parser.add_argument("--kv-heads", type=int, default=2)
-    parser.add_argument("--vocab", type=int, default=512)
-    parser.add_argument("--max-length", type=int, default=128)
-    parser.add_argument("--batch", type=int, default=8, help="prompts per step")
+    common.add_common_args(parser, batch=8, batch_help="prompts per step (each with K answers)")
+    parser.add_argument("--max-length", type=int, default=128, help="tokens per sequence (prompt + answer)")
     parser.add_argument("--k", type=int, nargs="+", default=[2, 4])
-    parser.add_argument("--steps", type=int, default=10, help="timed steps (after 2 warm-up)")
+    parser.add_argument("--steps", type=int, default=10, help=f"timed steps (after {WARMUP} warm-up)")
     parser.add_argument("--no-trl", action="store_true")
     args = parser.parse_args(argv)
 
-    from jaxrlhf.models import read_config
-
-    folder = llama_folder(hidden=args.hidden, layers=args.layers, heads=args.heads,
-                          kv_heads=args.kv_heads, vocab=args.vocab, max_positions=args.max_length)
-    e, m = args.hidden, read_config(folder).intermediate_size
-    d = e // args.heads
-    n_matmul = args.layers * (e * d * (2 * args.heads + 2 * args.kv_heads) + 3 * e * m) + e
-    peak = matmul_peak_flops()
-    print(f"model: Llama d={e} layers={args.layers} heads={args.heads}/{args.kv_heads} mlp={m} "
-          f"({n_matmul / 1e6:.2f}M matmul params), T={args.max_length}, {args.batch} prompts/step, float32")
-    print(f"measured matmul peak (JAX, f32 2048^3): {peak / 1e9:.1f} GFLOP/s")
-    header = f"{'K':>2} {'runner':<34} {'ms/step':>9} {'prompts/s':>10} {'GFLOP/s':>9} {'of peak':>8} {'time/ours':>9}"
-    print(header)
-    print("-" * len(header))
+    folder = common.model_folder(args)
+    print(f"RM step: {common.describe(args)}, T={args.max_length}, {args.batch} prompts/step, "
+          f"device {common.platform()}; matmul peak (JAX, {args.dtype}): "
+          f"{common.matmul_peak_flops(args.dtype) / 1e9:.1f} GFLOP/s")
+    header = (f"{'K':>2} {'runner':<34} {'ms/step':>9} {'prompts/s':>10} {'seq/s':>8} {'tok/s':>9} "
+              f"{'MFU':>7} {'time/ours':>9}")
+    print(header + "\n" + "-" * len(header))
     half = args.max_length // 2
+    rows_out = []
     for k in args.k:
-        rows = ranked_rows(args.batch * (args.steps + 2), k, prompt_chars=half - 4,
+        rows = ranked_rows(args.batch * (args.steps + WARMUP), k, prompt_chars=half - 4,
                            response_chars=half - 4, seed=k)
-        runs = [("jaxrlhf (one forward per answer)", ours(folder, rows, k, args.batch, args.max_length, args.steps), k)]
-        if not args.no_trl:
-            for name, gc in (("trl RewardTrainer, defaults", None),
-                             ("trl RewardTrainer, no grad ckpt", False)):
-                t = trl_times(folder, rows, k, args.batch, args.max_length, args.steps, gc)
-                if t is None:
-                    print(f"{k:>2} trl not installed: skipped")
-                    break
-                runs.append((name, t, 2 * math.comb(k, 2)))
-        base = None
-        for name, times, seqs_per_prompt in runs:
-            ms = statistics.median(times) * 1e3
-            flops = step_flops(n_matmul, args.layers, e, args.batch * seqs_per_prompt, args.max_length)
-            base = base or ms
-            if results is not None:
-                results.append({"benchmark": f"RM step, K={k}", "runner": name,
-                                "value": args.batch / (ms / 1e3), "unit": "prompts/s",
-                                "detail": f"{ms:.0f} ms/step, {flops / (ms / 1e3) / peak:.0%} of matmul peak"})
-            print(f"{k:>2} {name:<34} {ms:>9.1f} {args.batch / (ms / 1e3):>10.1f} "
-                  f"{flops / (ms / 1e3) / 1e9:>9.1f} {flops / (ms / 1e3) / peak:>8.1%} {ms / base:>8.2f}x")
-    return 0
+        base_ms = None
+        if common.wants(args, "jaxrlhf"):
+            rows_out.append(report(args, k, "jaxrlhf (one forward per answer)", ours(folder, rows, k, args), k, None))
+            base_ms = args.batch / rows_out[-1]["value"] * 1e3
+        if args.no_trl or not common.wants(args, "peers"):
+            continue
+        for name, gc in (("trl RewardTrainer, defaults", None), ("trl RewardTrainer, no grad ckpt", False)):
+            bench = f"RM step, K={k}, T={args.max_length}"
+            rows_out += common.run_peer(bench, name, lambda: [report(
+                args, k, name, trl_times(folder, rows, k, args, gc), 2 * math.comb(k, 2), base_ms)])
+    return common.finish(args, rows_out, results)
 
 
 if __name__ == "__main__":
