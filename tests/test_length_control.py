@@ -13,7 +13,8 @@ import pytest
 from jaxrlhf.rewards import TextBatch, get_rule
 from jaxrlhf.tasks.length_control import (SCORE_LEVELS, TEMPLATES, build_char_tokenizer, build_length_control_data,
                                           chinese_number, chinese_numeral, count_chars, evaluate_predictions,
-                                          format_distribution, make_compression, parse_limit, score, split_clauses)
+                                          format_distribution, make_compression, parse_limit, score, split_clauses,
+                                          write_summary)
 from jaxrlhf.tasks.length_control.corpus import generate_paragraph
 from jaxrlhf.tasks.length_control.data import main as data_main
 
@@ -157,14 +158,17 @@ def _random_text(rng: random.Random, n: int) -> str:
 def test_char_tokenizer_round_trips_any_unicode(tmp_path):
     tok = build_char_tokenizer(["你好，世界！", "abc  def\n"], tmp_path / "tok")
     vocab = tok.get_vocab()
-    assert [vocab[t] for t in ("<pad>", "<s>", "</s>", "<unk>", "<0x00>", "<0xFF>")] == [0, 1, 2, 3, 4, 259]
+    assert [vocab[t] for t in ("<pad>", "<s>", "</s>", "<unk>", "<answer>", "<0x00>", "<0xFF>")] == [
+        0, 1, 2, 3, 4, 5, 260]
     seen = sorted(set("你好，世界！abc  def\n"))
-    assert [vocab[c] for c in seen] == list(range(260, 260 + len(seen)))
+    assert [vocab[c] for c in seen] == list(range(261, 261 + len(seen)))
     assert (tok.pad_token_id, tok.bos_token_id, tok.eos_token_id, tok.unk_token_id) == (0, 1, 2, 3)
     assert tok.padding_side == "right"
     ids = tok("你好 世界")["input_ids"]
-    assert ids[0] == 1 and len(ids) == 6  # <s> + one token per character
-    assert tok.convert_ids_to_tokens(tok("😀")["input_ids"]) == ["<s>", "<0xF0>", "<0x9F>", "<0x98>", "<0x80>"]
+    assert ids[0] == 1 and ids[-1] == 4 and len(ids) == 7  # <s> + one token per character + <answer>
+    assert tok("你好 世界", add_special_tokens=False)["input_ids"] == ids[1:-1]
+    assert tok.convert_ids_to_tokens(tok("😀")["input_ids"]) == ["<s>", "<0xF0>", "<0x9F>", "<0x98>", "<0x80>",
+                                                               "<answer>"]
     rng = random.Random(0)
     texts = [_random_text(rng, rng.randint(0, 40)) for _ in range(300)] + ["", " ", "  a  ", "\n\n", "😀👍🏽é"]
     for text in texts:
@@ -182,10 +186,11 @@ def test_char_tokenizer_saved_loads_with_auto_tokenizer(tmp_path):
     assert "春" in vocab and "节" not in vocab  # min_count
     for text in ("春节家庭游，温馨又有趣！", "mixed 文本 with emoji 🎉 and\ttabs", "<s>literal</s>"):
         ids = tok(text)["input_ids"]
-        assert ids[0] == tok.bos_token_id and tok.eos_token_id not in ids
+        assert ids[0] == tok.bos_token_id and ids[-1] == vocab["<answer>"] and tok.eos_token_id not in ids
         assert tok.decode(ids, skip_special_tokens=True) == text
+    assert tok("<answer>")["input_ids"].count(vocab["<answer>"]) == 1  # written text cannot forge the marker
     batch = tok(["春", "春春春"], padding=True)["input_ids"]
-    assert batch[0] == [1, vocab["春"], 0, 0]
+    assert batch[0] == [1, vocab["春"], vocab["<answer>"], 0, 0]
 
 
 # --------------------------------------------------------------------------- compressions
@@ -205,6 +210,27 @@ def test_make_compression_is_extractive_and_hits_the_target():
         assert sum(p in clauses for p in pieces) >= len(pieces) - 1  # at most one cut clause
     assert make_compression("短短一句话。", 40, rng) == "短短一句话。"
     assert make_compression("没有句号", 40, rng) == "没有句号。"
+
+
+def test_write_summary_stops_at_the_clause_that_reaches_the_target():
+    rng = np.random.default_rng(1)
+    over = 0
+    for _ in range(300):
+        paragraph = generate_paragraph(rng)
+        clauses = split_clauses(paragraph)
+        target = int(rng.integers(4, int(0.8 * count_chars(paragraph)) + 1))
+        answer = write_summary(paragraph, target, rng)
+        pieces = split_clauses(answer)
+        assert answer.endswith("。") and all(p in paragraph for p in pieces)
+        n = count_chars(answer)
+        if len(pieces) == 1 and pieces[0] not in clauses:  # a first clause far too long, cut to the target
+            assert n == target
+            continue
+        assert all(p in clauses for p in pieces)  # otherwise whole clauses only
+        assert n >= target or pieces == [c for c in clauses if c in pieces]  # short only when out of clauses
+        assert n - max(count_chars(c) for c in pieces) - 1 < target  # one clause fewer would not reach it
+        over += n > target
+    assert over > 150  # writers run over more often than not
 
 
 # --------------------------------------------------------------------------- data builder
@@ -288,7 +314,9 @@ def test_sft_answers_are_imperfect_like_human_data(full_data):
     meta = json.loads(full_data["meta"].read_text(encoding="utf-8"))
     scores = [score(r["response"], parse_limit(r["prompt"])) for r in read(full_data["sft"])]
     assert meta["sft_mean_score"] == pytest.approx(np.mean(scores), abs=1e-4)
-    assert 0.55 <= meta["sft_mean_score"] <= 0.65
+    assert 0.60 <= meta["sft_mean_score"] <= 0.72
+    errors = [count_chars(r["response"]) / parse_limit(r["prompt"]) - 1 for r in read(full_data["sft"])]
+    assert np.mean(np.asarray(errors) > 0.05) > 0.5  # most misses run long, as hurried writers' do
     assert min(meta["sft_score_distribution"].values()) > 100  # every level occurs
     assert meta["counts"]["test"] == 260 and meta["sources"] == ["embedded"] and "licence" in meta
     ranks = meta["rm_mean_score_by_rank"]

@@ -4,6 +4,13 @@ One character is one token, so a response's token count is its character count (
 aside) and a small model can learn length directly. Characters not seen when the tokenizer
 was built are written as their UTF-8 bytes (``<0xE4>`` ...), so every string round-trips;
 no normalizer or pre-tokenizer touches the text, for the same reason.
+
+Encoding a prompt (``add_special_tokens=True``) gives ``<s> prompt <answer>``: the answer
+marker closes every prompt, as a chat template's assistant header does, so the model
+knows where its answer starts and can count the characters it has written since. Every
+stage (SFT, RM, DPO, PPO, generation) tokenises prompts this way and responses without
+special tokens, and transformers applies the same post-processor when it loads
+``tokenizer.json``, so an exported model is prompted the same way there.
 """
 
 from __future__ import annotations
@@ -16,8 +23,9 @@ from typing import TYPE_CHECKING
 if TYPE_CHECKING:
     import transformers
 
-SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>")  # ids 0, 1, 2, 3
-BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))  # ids 4 .. 259
+SPECIAL_TOKENS = ("<pad>", "<s>", "</s>", "<unk>", "<answer>")  # ids 0 .. 4
+ANSWER_TOKEN = SPECIAL_TOKENS[4]
+BYTE_TOKENS = tuple(f"<0x{b:02X}>" for b in range(256))  # ids 5 .. 260
 
 
 def _is_scalar(c: str) -> bool:
@@ -41,7 +49,8 @@ def build_char_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike | None
                          min_count: int = 1) -> transformers.PreTrainedTokenizerFast:
     """A char tokenizer for ``texts``, saved with ``save_pretrained`` to ``out_dir`` if given.
 
-    It adds ``<s>`` at the start of encoded text (EOS is appended by the data code), pads on
+    It adds ``<s>`` at the start of encoded text and ``<answer>`` at its end (EOS is appended
+    by the data code; ``add_special_tokens=False`` adds neither), pads on
     the right by default and never reads ``<s>``/``</s>`` written in the text as special
     tokens (``split_special_tokens``), so text cannot forge an end of sequence.
     """
@@ -52,11 +61,13 @@ def build_char_tokenizer(texts: Iterable[str], out_dir: str | os.PathLike | None
     raw = Tokenizer(models.BPE(vocab, merges=[], byte_fallback=True, unk_token="<unk>"))
     raw.decoder = decoders.Sequence([decoders.ByteFallback(), decoders.Fuse()])
     bos = SPECIAL_TOKENS[1]
-    raw.post_processor = processors.TemplateProcessing(single=f"{bos} $A", pair=f"{bos} $A {bos} $B",
-                                                       special_tokens=[(bos, vocab[bos])])
+    raw.post_processor = processors.TemplateProcessing(
+        single=f"{bos} $A {ANSWER_TOKEN}", pair=f"{bos} $A {ANSWER_TOKEN} $B",
+        special_tokens=[(bos, vocab[bos]), (ANSWER_TOKEN, vocab[ANSWER_TOKEN])])
     tokenizer = transformers.PreTrainedTokenizerFast(
         tokenizer_object=raw, pad_token="<pad>", bos_token="<s>", eos_token="</s>", unk_token="<unk>",
-        padding_side="right", clean_up_tokenization_spaces=False, split_special_tokens=True)
+        padding_side="right", clean_up_tokenization_spaces=False, split_special_tokens=True,
+        additional_special_tokens=[ANSWER_TOKEN])
     if out_dir is not None:
         os.makedirs(out_dir, exist_ok=True)
         tokenizer.save_pretrained(str(out_dir))
