@@ -254,6 +254,15 @@ def test_builder_is_deterministic(tmp_path):
     assert a["test"].read_bytes() == d["test"].read_bytes()
 
 
+def test_paragraph_length_range_is_a_setting(tmp_path):
+    files = build_length_control_data(tmp_path, seed=0, **SMALL, paragraph_chars=(30, 120))
+    lengths = [count_chars(r["text"]) for r in read(files["source"])]
+    assert min(lengths) >= 30 and max(lengths) <= 120 and min(lengths) < 60  # shorter ones than the default
+    assert json.loads(files["meta"].read_text(encoding="utf-8"))["paragraph_chars"] == [30, 120]
+    with pytest.raises(ValueError, match="min_chars"):
+        build_length_control_data(tmp_path / "bad", seed=0, **SMALL, paragraph_chars=(130, 120))
+
+
 def test_files_load_with_the_trainers_loaders(full_data):
     from jaxrlhf.data import load_preference_data, load_sft_data
     rm, report = load_preference_data(str(full_data["rm"]))

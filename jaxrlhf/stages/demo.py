@@ -28,6 +28,7 @@ class DemoDataConfig:
     n_rm: int = 1500
     n_test: int = 260
     n_ppo_prompts: int = 1000
+    paragraph_chars: tuple[int, int] = (60, 200)  # length range of the embedded paragraphs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -166,7 +167,7 @@ def run_demo(cfg: DemoConfig) -> dict:
         d = cfg.data
         data = timed("data", build_length_control_data, data_dir, seed=cfg.seed,
                      source=list(cfg.source) or None, n_sft=d.n_sft, n_rm=d.n_rm, n_test=d.n_test,
-                     n_ppo_prompts=d.n_ppo_prompts)
+                     n_ppo_prompts=d.n_ppo_prompts, paragraph_chars=tuple(d.paragraph_chars))
     timed("base model", build_base_model, cfg, out, _texts(data))
     configs = stage_configs(cfg, out, data)
     runners = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo, "dpo": run_dpo}

@@ -187,33 +187,36 @@ def _fill(template: str, rng: np.random.Generator, fixed: dict[str, str]) -> str
     return re.sub(r"\{(\w+)\}", value, template)
 
 
-def generate_paragraph(rng: np.random.Generator) -> str:
-    """One notice of MIN_CHARS..MAX_CHARS characters: an opening sentence, body sentences in a
-    random order up to a random target length, and sometimes a closing sentence."""
+def generate_paragraph(rng: np.random.Generator, min_chars: int = MIN_CHARS, max_chars: int = MAX_CHARS) -> str:
+    """One notice of ``min_chars..max_chars`` characters: an opening sentence, body sentences
+    in a random order up to a random target length, and sometimes a closing sentence."""
+    if not 20 <= min_chars <= max_chars:
+        raise ValueError(f"need 20 <= min_chars <= max_chars, got {min_chars}, {max_chars}")
     while True:
         topic = TOPICS[list(TOPICS)[int(rng.integers(len(TOPICS)))]]
-        target = int(rng.integers(MIN_CHARS, MAX_CHARS + 1))
+        target = int(rng.integers(min_chars, max_chars + 1))
         fixed: dict[str, str] = {}
         text = _fill(topic["open"][int(rng.integers(len(topic["open"])))], rng, fixed)
         for i in rng.permutation(len(topic["body"])):
             if count_chars(text) >= target:
                 break
             sentence = _fill(topic["body"][i], rng, fixed)
-            if count_chars(text + sentence) <= MAX_CHARS:
+            if count_chars(text + sentence) <= max_chars:
                 text += sentence
         if rng.random() < 0.5:
             closing = _fill(topic["close"][int(rng.integers(len(topic["close"])))], rng, fixed)
-            if count_chars(text + closing) <= MAX_CHARS:
+            if count_chars(text + closing) <= max_chars:
                 text += closing
-        if MIN_CHARS <= count_chars(text) <= MAX_CHARS:
+        if min_chars <= count_chars(text) <= max_chars:
             return text
 
 
-def embedded_paragraphs(rng: np.random.Generator, exclude: Iterable[str] = ()) -> Iterator[str]:
+def embedded_paragraphs(rng: np.random.Generator, exclude: Iterable[str] = (), min_chars: int = MIN_CHARS,
+                        max_chars: int = MAX_CHARS) -> Iterator[str]:
     """An endless stream of distinct generated paragraphs (none of ``exclude``)."""
     seen = set(exclude)
     while True:
-        text = generate_paragraph(rng)
+        text = generate_paragraph(rng, min_chars, max_chars)
         if text not in seen:
             seen.add(text)
             yield text

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import numpy as np
 
-from jaxrlhf.tasks.length_control.corpus import embedded_paragraphs, read_source_files
+from jaxrlhf.tasks.length_control.corpus import MAX_CHARS, MIN_CHARS, embedded_paragraphs, read_source_files
 from jaxrlhf.tasks.length_control.score import SCORE_LEVELS, count_chars, parse_limit, score
 
 # Instruction templates; {N} is the limit (arabic, full-width or Chinese), {text} the paragraph.
@@ -246,12 +246,13 @@ def _write_jsonl(path: Path, rows: list[dict]) -> Path:
 
 
 def _split_sources(source, n_test: int, n_train: int, rng: np.random.Generator,
-                   min_limit: int) -> tuple[list[str], list[str]]:
+                   min_limit: int, paragraph_chars: tuple[int, int]) -> tuple[list[str], list[str]]:
     """Distinct (test, train) paragraphs. Embedded text: ``n_test`` then ``n_train`` fresh
     paragraphs (the test set depends on the seed and ``n_test`` only). Files: shuffled, long
     enough ones, a proportional share held out for test."""
     if source is None:
-        stream: Iterator[str] = embedded_paragraphs(rng)
+        stream: Iterator[str] = embedded_paragraphs(rng, min_chars=paragraph_chars[0],
+                                                    max_chars=paragraph_chars[1])
         return list(islice(stream, n_test)), list(islice(stream, n_train))
     paths = [source] if isinstance(source, (str, Path)) else list(source)
     unique = list(dict.fromkeys(read_source_files(paths)))
@@ -267,11 +268,12 @@ def _split_sources(source, n_test: int, n_train: int, rng: np.random.Generator,
 
 def build_length_control_data(out_dir, *, seed: int = 0, source=None, n_sft: int = 3000, n_rm: int = 1500,
                               n_test: int = 260, n_ppo_prompts: int = 1000, min_limit: int = 5,
-                              max_limit: int = 80, sft_noise: float = SFT_NOISE) -> dict[str, Path]:
+                              max_limit: int = 80, sft_noise: float = SFT_NOISE,
+                              paragraph_chars: tuple[int, int] = (MIN_CHARS, MAX_CHARS)) -> dict[str, Path]:
     """Write sft/rm/dpo/ppo_prompts/test JSONL files, source.jsonl and meta.json to ``out_dir``.
 
-    ``source``: None for the embedded generator, or .txt/.jsonl file(s). Returns the paths
-    by name ("sft", "rm", "dpo", "ppo_prompts", "test", "source", "meta").
+    ``source``: None for the embedded generator (paragraphs of ``paragraph_chars`` characters),
+    or .txt/.jsonl file(s). Returns the paths by name ("sft", "rm", "dpo", "ppo_prompts", "test", "source", "meta").
     """
     if not 1 <= min_limit <= max_limit <= 999:
         raise ValueError(f"need 1 <= min_limit <= max_limit <= 999, got {min_limit}, {max_limit}")
@@ -279,7 +281,8 @@ def build_length_control_data(out_dir, *, seed: int = 0, source=None, n_sft: int
     out.mkdir(parents=True, exist_ok=True)
     corpus_rng, test_rng, sft_rng, rm_rng, ppo_rng = (
         np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
-    test_pars, train_pars = _split_sources(source, n_test, n_sft + n_rm + n_ppo_prompts, corpus_rng, min_limit)
+    test_pars, train_pars = _split_sources(source, n_test, n_sft + n_rm + n_ppo_prompts, corpus_rng, min_limit,
+                                           tuple(paragraph_chars))
     train = _cycle(train_pars, n_sft + n_rm + n_ppo_prompts)
     sft_pars, rm_pars, ppo_pars = train[:n_sft], train[n_sft:n_sft + n_rm], train[n_sft + n_rm:]
 
@@ -309,6 +312,7 @@ def build_length_control_data(out_dir, *, seed: int = 0, source=None, n_sft: int
                                                         ([source] if isinstance(source, (str, Path)) else source)],
         "licence": LICENCE if source is None else "as the source files' own licence",
         "sft_noise": sft_noise,
+        "paragraph_chars": list(paragraph_chars) if source is None else None,
         "sft_mean_score": round(float(np.mean(sft_scores)), 4) if sft else None,
         "sft_score_distribution": {str(level): sft_scores.count(level) for level in SCORE_LEVELS},
         "rm_mean_score_by_rank": [round(float(np.mean([r["score"][k] for r in rm])), 4) for k in range(3)]
