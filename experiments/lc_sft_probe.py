@@ -1,7 +1,6 @@
 """Probe: how length-aware does SFT alone make the demo's tiny model? (issue 6 experiments)
 
-Builds the length-control data (paragraph length range set by --pmin/--pmax, which
-overrides the corpus module's MIN_CHARS/MAX_CHARS for this process only), a char tokenizer
+Builds the length-control data (paragraph length range --pmin..--pmax), a char tokenizer
 and a tiny Llama, runs the ordinary SFT stage, then decodes --n-eval test prompts greedily
 and prints one JSON line: steps, SFT seconds, eval loss, mean score, the correlation of
 answer length with the limit, the median relative length error and the share of answers
@@ -9,6 +8,10 @@ that end with "。". The README's SFT-probe table was made with:
 
     python experiments/lc_sft_probe.py w1 --pmin 40 --pmax 160 --n-sft 6000 --epochs 2 --lr 3e-3 --heads 8 --kv 4 --max-length 288
     python experiments/lc_sft_probe.py w2 --pmin 30 --pmax 120 --n-sft 8000 --epochs 2 --lr 3e-3 --heads 8 --kv 4 --batch 8 --max-length 256
+    python experiments/lc_sft_probe.py w4 --pmin 30 --pmax 120 --n-sft 8000 --epochs 2 --lr 6e-3 --heads 8 --kv 4 --batch 8 --max-length 256
+    python experiments/lc_sft_probe.py w5 --pmin 30 --pmax 120 --n-sft 8000 --epochs 2 --lr 3e-3 --heads 8 --kv 4 --batch 4 --max-length 256
+    python experiments/lc_sft_probe.py w3 --pmin 30 --pmax 120 --n-sft 12000 --epochs 2 --lr 3e-3 --heads 8 --kv 4 --batch 8 --max-length 256
+    python experiments/lc_sft_probe.py w6 --pmin 30 --pmax 120 --n-sft 24000 --epochs 1 --lr 3e-3 --heads 8 --kv 4 --batch 8 --max-length 256
 
 Output goes to /tmp/lc_probe/NAME (--root to change).
 """
@@ -27,8 +30,6 @@ p.add_argument("--max-length", type=int, default=336); p.add_argument("--n-eval"
 p.add_argument("--max-steps", type=int, default=0); p.add_argument("--root", default="/tmp/lc_probe")
 a = p.parse_args()
 logging.basicConfig(level=logging.WARNING)
-import jaxrlhf.tasks.length_control.corpus as corpus
-corpus.MIN_CHARS, corpus.MAX_CHARS = a.pmin, a.pmax
 from jaxrlhf.tasks.length_control import build_length_control_data
 from jaxrlhf.stages.demo import DemoConfig, DemoModelConfig, build_base_model, stage_configs, _texts
 from jaxrlhf.config import from_dict, to_dict
@@ -36,7 +37,8 @@ from jaxrlhf.stages.sft import run_sft, SFTConfig
 from jaxrlhf.tasks.length_control.evaluate import evaluate_length_control
 out = Path(a.root) / a.name
 t0 = time.time()
-data = build_length_control_data(out / "data", seed=0, n_sft=a.n_sft, n_rm=10, n_test=260, n_ppo_prompts=10, sft_noise=a.noise)
+data = build_length_control_data(out / "data", seed=0, n_sft=a.n_sft, n_rm=10, n_test=260, n_ppo_prompts=10, sft_noise=a.noise,
+                                  paragraph_chars=(a.pmin, a.pmax))
 data = {k: v for k, v in data.items()}
 if a.sep:
     for name in ("sft", "test"):
