@@ -27,7 +27,7 @@ p.add_argument("--kv", type=int, default=2); p.add_argument("--layers", type=int
 p.add_argument("--hidden", type=int, default=128); p.add_argument("--ffn", type=int, default=352)
 p.add_argument("--noise", type=float, default=0.23); p.add_argument("--batch", type=int, default=16)
 p.add_argument("--max-length", type=int, default=336); p.add_argument("--n-eval", type=int, default=100)
-p.add_argument("--max-steps", type=int, default=0); p.add_argument("--root", default="/tmp/lc_probe")
+p.add_argument("--train-on-prompt", action="store_true"); p.add_argument("--max-steps", type=int, default=0); p.add_argument("--root", default="/tmp/lc_probe")
 a = p.parse_args()
 logging.basicConfig(level=logging.WARNING)
 from jaxrlhf.tasks.length_control import build_length_control_data
@@ -53,7 +53,7 @@ cfg = DemoConfig(output_dir=str(out), max_length=a.max_length,
 build_base_model(cfg, out, _texts(data))
 sft = stage_configs(cfg, out, data)["sft"]
 d = to_dict(sft); d["train"]["epochs"] = a.epochs; d["train"]["batch_size"] = a.batch
-d["train"]["optim"]["learning_rate"] = a.lr; d["train"]["max_steps"] = a.max_steps; d["train"]["eval_every"] = 100000
+d["train"]["optim"]["learning_rate"] = a.lr; d["train"]["max_steps"] = a.max_steps; d["data"]["train_on_prompt"] = a.train_on_prompt; d["train"]["eval_every"] = 100000
 sft = from_dict(SFTConfig, d)
 t1 = time.time()
 res = run_sft(sft)

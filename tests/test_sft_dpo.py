@@ -49,6 +49,23 @@ def test_sft_loss_matches_transformers(model_dir):
     np.testing.assert_allclose(float(sums["nll_sum"] / sums["token_count"]), ref, atol=1e-4)
 
 
+def test_train_on_prompt_is_whole_sequence_lm_as_transformers(model_dir):
+    examples = [SFTExample(r["prompt"], r["response"], "mem", i + 1) for i, r in enumerate(copy_rows(8))]
+    arrays = tokenize_sft(examples, char_tokenizer(), max_length=16, train_on_prompt=True)
+    assert (arrays.loss_mask[:, 0] == 0).all()
+    assert (arrays.loss_mask[:, 1:] == arrays.attention_mask[:, 1:]).all()
+    hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
+    labels = torch.from_numpy(np.where(arrays.attention_mask == 1, arrays.input_ids, -100)).long()
+    with torch.no_grad():
+        ref = hf(input_ids=torch.from_numpy(arrays.input_ids).long(),
+                 attention_mask=torch.from_numpy(arrays.attention_mask).long(), labels=labels).loss.item()
+    model = from_pretrained(model_dir)
+    graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
+    state = init_train_state(params, buffers, make_optimizer(OptimConfig(), 1), 0)
+    sums = sft_eval_step(state, stack_micro_batches(arrays.as_dict(), 1), graphdef=graphdef)
+    np.testing.assert_allclose(float(sums["nll_sum"] / sums["token_count"]), ref, atol=1e-4)
+
+
 def test_packing_gives_the_same_loss(model_dir):
     arrays = sft_arrays(n=12, max_length=40)
     packed = pack_sft(arrays)

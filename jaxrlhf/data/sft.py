@@ -174,7 +174,7 @@ def tokenize_prompt_responses(prompts: Sequence[str], responses: Sequence[Sequen
 
 def tokenize_sft(examples: Sequence[SFTExample], tokenizer, *, max_length: int,
                  min_prompt_tokens: int | None = None, append_eos: bool = True,
-                 report: CleanReport | None = None) -> SFTArrays:
+                 train_on_prompt: bool = False, report: CleanReport | None = None) -> SFTArrays:
     """Tokenise SFT examples into ``[N, max_length]`` arrays, one example per row.
 
     A sequence is ``tokenizer(prompt)`` (with special tokens, so BOS when the tokenizer adds
@@ -185,7 +185,10 @@ def tokenize_sft(examples: Sequence[SFTExample], tokenizer, *, max_length: int,
     ``'prompt_truncated'`` and ``'response_truncated'`` per example.
 
     ``loss_mask`` marks the response tokens and the EOS: a plain-text row (empty prompt)
-    trains everything after the special prefix.
+    trains everything after the special prefix. With ``train_on_prompt`` it marks every real
+    token but the first (language modelling of the whole sequence, as transformers' loss
+    with ``labels=input_ids``): the prompt's tokens are computed anyway, and small models
+    trained from scratch can learn its text from them.
     """
     # input_ids, attention_mask, loss_mask, segment_ids: [N, T]
     examples = list(examples)
@@ -195,7 +198,11 @@ def tokenize_sft(examples: Sequence[SFTExample], tokenizer, *, max_length: int,
         [ex.prompt for ex in examples], [[ex.response] for ex in examples], tokenizer,
         max_length=max_length, min_prompt_tokens=min_prompt_tokens, append_eos=append_eos, report=report)
     attention_mask = attention_mask[:, 0]
-    return SFTArrays(input_ids[:, 0], attention_mask, loss_mask[:, 0], attention_mask.copy())
+    loss_mask = loss_mask[:, 0]
+    if train_on_prompt:
+        loss_mask = attention_mask.copy()
+        loss_mask[:, 0] = 0  # nothing predicts the first token
+    return SFTArrays(input_ids[:, 0], attention_mask, loss_mask, attention_mask.copy())
 
 
 def pack_sft(arrays: SFTArrays, *, pad_id: int | None = None) -> SFTArrays:

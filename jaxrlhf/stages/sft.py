@@ -28,6 +28,7 @@ log = logging.getLogger(__name__)
 class SFTDataConfig(StageDataConfig):
     eval_fraction: float = 0.05
     packing: bool = False  # pack short examples into full rows (attention stays per example)
+    train_on_prompt: bool = False  # loss on the prompt tokens too (whole-sequence LM); default: response only
 
 
 @dataclasses.dataclass(frozen=True)
@@ -55,7 +56,8 @@ def load_data(cfg: SFTConfig, tokenizer):
         examples, report = load_sft_data(list(files), tokenizer=tokenizer, strict=cfg.data.strict)
         arrays = tokenize_sft(examples, tokenizer, max_length=cfg.data.max_length,
                               min_prompt_tokens=cfg.data.min_prompt_tokens or None,
-                              append_eos=cfg.data.append_eos, report=report)
+                              append_eos=cfg.data.append_eos, train_on_prompt=cfg.data.train_on_prompt,
+                              report=report)
         return arrays, report
 
     train, eval_, reports = load_train_eval(cfg.data, cfg.seed, load)
