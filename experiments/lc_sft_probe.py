@@ -12,6 +12,7 @@ that end with "。". The README's SFT-probe table was made with:
     python experiments/lc_sft_probe.py w5 --pmin 30 --pmax 120 --n-sft 8000 --epochs 2 --lr 3e-3 --heads 8 --kv 4 --batch 4 --max-length 256
     python experiments/lc_sft_probe.py w3 --pmin 30 --pmax 120 --n-sft 12000 --epochs 2 --lr 3e-3 --heads 8 --kv 4 --batch 8 --max-length 256
     python experiments/lc_sft_probe.py w6 --pmin 30 --pmax 120 --n-sft 24000 --epochs 1 --lr 3e-3 --heads 8 --kv 4 --batch 8 --max-length 256
+    python experiments/lc_sft_probe.py w7 --pmin 30 --pmax 120 --n-sft 12000 --epochs 2 --lr 3e-3 --heads 8 --kv 4 --batch 8 --max-length 256 --train-on-prompt
 
 Output goes to /tmp/lc_probe/NAME (--root to change).
 """
