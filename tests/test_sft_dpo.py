@@ -33,17 +33,22 @@ def sft_arrays(n=8, max_length=16):
     return tokenize_sft(examples, char_tokenizer(), max_length=max_length)
 
 
-def test_sft_loss_matches_transformers(model_dir):
-    arrays = sft_arrays()
+def losses_vs_transformers(model_dir, arrays, label_mask):
+    """Our eval sums on ``arrays`` and transformers' mean loss with labels where ``label_mask``."""
     hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    labels = torch.from_numpy(np.where(arrays.loss_mask == 1, arrays.input_ids, -100)).long()
+    labels = torch.from_numpy(np.where(label_mask == 1, arrays.input_ids, -100)).long()
     with torch.no_grad():
         ref = hf(input_ids=torch.from_numpy(arrays.input_ids).long(),
                  attention_mask=torch.from_numpy(arrays.attention_mask).long(), labels=labels).loss.item()
     model = from_pretrained(model_dir)
     graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
     state = init_train_state(params, buffers, make_optimizer(OptimConfig(), 1), 0)
-    sums = sft_eval_step(state, stack_micro_batches(arrays.as_dict(), 1), graphdef=graphdef)
+    return sft_eval_step(state, stack_micro_batches(arrays.as_dict(), 1), graphdef=graphdef), ref
+
+
+def test_sft_loss_matches_transformers(model_dir):
+    arrays = sft_arrays()
+    sums, ref = losses_vs_transformers(model_dir, arrays, arrays.loss_mask)
     prompt_tokens = int((arrays.attention_mask - arrays.loss_mask).sum())
     assert prompt_tokens > 0 and float(sums["token_count"]) == arrays.loss_mask.sum()
     np.testing.assert_allclose(float(sums["nll_sum"] / sums["token_count"]), ref, atol=1e-4)
@@ -54,15 +59,7 @@ def test_train_on_prompt_is_whole_sequence_lm_as_transformers(model_dir):
     arrays = tokenize_sft(examples, char_tokenizer(), max_length=16, train_on_prompt=True)
     assert (arrays.loss_mask[:, 0] == 0).all()
     assert (arrays.loss_mask[:, 1:] == arrays.attention_mask[:, 1:]).all()
-    hf = transformers.AutoModelForCausalLM.from_pretrained(model_dir).eval()
-    labels = torch.from_numpy(np.where(arrays.attention_mask == 1, arrays.input_ids, -100)).long()
-    with torch.no_grad():
-        ref = hf(input_ids=torch.from_numpy(arrays.input_ids).long(),
-                 attention_mask=torch.from_numpy(arrays.attention_mask).long(), labels=labels).loss.item()
-    model = from_pretrained(model_dir)
-    graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
-    state = init_train_state(params, buffers, make_optimizer(OptimConfig(), 1), 0)
-    sums = sft_eval_step(state, stack_micro_batches(arrays.as_dict(), 1), graphdef=graphdef)
+    sums, ref = losses_vs_transformers(model_dir, arrays, arrays.attention_mask)
     np.testing.assert_allclose(float(sums["nll_sum"] / sums["token_count"]), ref, atol=1e-4)
 
 
