@@ -114,6 +114,14 @@ def _whole(paragraph: str) -> str:
     return text if text.endswith(("。", "！", "？", "!", "?", ".")) else text + "。"
 
 
+def _clauses_and_sizes(paragraph: str) -> tuple[list[str], list[int]]:
+    """The paragraph's clauses and their counted lengths; a paragraph without text is an error."""
+    clauses = split_clauses(paragraph)
+    if not clauses:
+        raise ValueError("the paragraph has no text to compress")
+    return clauses, [count_chars(c) for c in clauses]
+
+
 def _clause_order(sizes: list[int], rng: np.random.Generator) -> list[int]:
     """The order clauses are picked in: from the start ("lead"), or by a noisy content
     weight (longer clauses, the first one favoured)."""
@@ -134,10 +142,7 @@ def write_summary(paragraph: str, target_chars: int, rng: np.random.Generator) -
     first clause would be far too long (over 1.4x the target, short limits), it is cut to
     the target instead.
     """
-    clauses = split_clauses(paragraph)
-    if not clauses:
-        raise ValueError("the paragraph has no text to compress")
-    sizes = [count_chars(c) for c in clauses]
+    clauses, sizes = _clauses_and_sizes(paragraph)
     target = max(target_chars, 2)
     order = _clause_order(sizes, rng)
     if sizes[order[0]] + 1 > 1.4 * target:
@@ -159,10 +164,7 @@ def make_compression(paragraph: str, target_chars: int, rng: np.random.Generator
     to the target is filled with the start of one more clause. A paragraph no longer than
     the target is returned whole.
     """
-    clauses = split_clauses(paragraph)
-    if not clauses:
-        raise ValueError("the paragraph has no text to compress")
-    sizes = [count_chars(c) for c in clauses]
+    clauses, sizes = _clauses_and_sizes(paragraph)
     if count_chars(paragraph) <= target_chars or sum(sizes) + len(clauses) <= target_chars:
         return _whole(paragraph)
     budget = max(target_chars, 2) - 1  # the closing "。" counts
