@@ -256,30 +256,35 @@ def test_pack_sft_layout_and_loss_equivalence(tok):
     lengths = arrays.attention_mask.sum(-1).tolist()
     assert lengths == [6, 7, 12, 4, 4, 10]
     packed = pack_sft(arrays)
-    # next-fit: [6], [7], [12], [4, 4], [10]: a row is closed when the next example does not fit
+    # best-fit decreasing: 12 and 10 alone, 7 then 6 open rows, each 4 takes the tightest room
+    # (the 7's row has 5 free, then the 6's row 6), so [12], [10], [7, 4], [6, 4]: 4 rows, not 5
     assert packed.input_ids.tolist() == [
-        row(12, BOS, "abcd", EOS), row(12, BOS, "hello", EOS), row(12, BOS, "abcdefghij", EOS),
-        row(12, BOS, "ab", EOS, BOS, "xy", EOS), row(12, BOS, "abcdefgh", EOS)]
-    assert packed.segment_ids.tolist() == [mask(12, 0, 6), mask(12, 0, 7), mask(12, 0, 12),
-                                           [1] * 4 + [2] * 4 + [0] * 4, mask(12, 0, 10)]
-    assert packed.loss_mask[3].tolist() == [0, 0, 1, 1, 0, 1, 1, 1, 0, 0, 0, 0]
+        row(12, BOS, "abcdefghij", EOS), row(12, BOS, "abcdefgh", EOS), row(12, BOS, "hello", EOS, BOS, "ab", EOS),
+        row(12, BOS, "abcd", EOS, BOS, "xy", EOS)]
+    assert packed.segment_ids.tolist() == [mask(12, 0, 12), mask(12, 0, 10), [1] * 7 + [2] * 4 + [0],
+                                           [1] * 6 + [2] * 4 + [0] * 2]
+    assert packed.loss_mask[2].tolist() == [0, 1, 1, 1, 1, 1, 1, 0, 0, 1, 1, 0]
     assert (packed.attention_mask == (packed.segment_ids > 0)).all()
 
-    # A tighter case: several examples per row, none split, order kept, same trained tokens.
+    # A tighter case: lengths 5,3,6,4,5,7 in rows of 10 fill 3 rows exactly (7+3, 6+4, 5+5);
+    # none split, each example once, same trained tokens.
     many = tokenize_sft([sft("ab", "c"), sft("", "f"), sft("a", "bcd"), sft("", "de"), sft("xy", "z"),
                          sft("", "ghijk")], tok, max_length=10)
     assert many.attention_mask.sum(-1).tolist() == [5, 3, 6, 4, 5, 7]
     packed = pack_sft(many)
-    assert packed.input_ids.shape == (4, 10) and packed.segment_ids.max(-1).tolist() == [2, 2, 1, 1]
-    segments = [(r, s) for r in range(len(packed)) for s in range(1, packed.segment_ids[r].max() + 1)]
-    assert len(segments) == len(many)
-    for i, (r, s) in enumerate(segments):  # each example whole, in order, masks carried over
-        where, n = packed.segment_ids[r] == s, many.attention_mask[i].sum()
-        first = where.argmax()
-        assert np.flatnonzero(where).tolist() == list(range(first, first + n))  # contiguous, whole
-        assert packed.input_ids[r, where].tolist() == many.input_ids[i, :n].tolist()
-        assert packed.loss_mask[r, where].tolist() == many.loss_mask[i, :n].tolist()
-        assert packed.loss_mask[r, first] == 0  # the first token of a packed example is no target
+    assert packed.input_ids.shape == (3, 10) and packed.attention_mask.all()
+    assert packed.segment_ids.max(-1).tolist() == [2, 2, 2]
+    found = []
+    for r in range(len(packed)):
+        for s in range(1, packed.segment_ids[r].max() + 1):
+            where = packed.segment_ids[r] == s
+            first = where.argmax()
+            assert np.flatnonzero(where).tolist() == list(range(first, first + where.sum()))  # contiguous
+            assert packed.loss_mask[r, first] == 0  # the first token of a packed example is no target
+            found.append((packed.input_ids[r, where].tolist(), packed.loss_mask[r, where].tolist()))
+    expected = [(many.input_ids[i, :n].tolist(), many.loss_mask[i, :n].tolist())
+                for i, n in enumerate(many.attention_mask.sum(-1))]
+    assert sorted(found) == sorted(expected)  # each example whole, once, masks carried over
     assert packed.loss_mask.sum() == many.loss_mask.sum()
     assert segment_loss(packed) == pytest.approx(segment_loss(many), abs=1e-12)
 
