@@ -401,3 +401,15 @@ def test_evaluate_length_control_with_a_tiny_model(tmp_path):
         assert r["chars"] == count_chars(r["response"]) and r["response_tokens"] <= 6
     assert scored[2]["score"] is None and all(s["score"] in SCORE_LEVELS for s in scored[:2])
     assert sum(result["distribution"].values()) == 2
+
+
+def test_char_tokenizer_keeps_a_count_before_zi_as_one_token(tmp_path):
+    tok = build_char_tokenizer(["请将这段描述浓缩成30字的要义。8月18日，二十摄氏度"], tmp_path / "tok")
+    pieces = lambda text: tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
+    assert pieces("浓缩成30字")[-2:] == ["30", "字"]
+    assert pieces("用三十五个字")[1] == "三十五" and "十五" in pieces("十五字")
+    assert pieces("压缩到１２字")[-2:] == ["１２", "字"]
+    assert pieces("8月18日")[:4] == ["8", "月", "1", "8"]  # other numbers stay one token per character
+    assert pieces("二十摄氏度")[:2] == ["二", "十"]
+    for text in ("浓缩成30字的要义。8月18日", "用三十五个字", "130字", "30 字"):
+        assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text

@@ -186,10 +186,12 @@ def make_compression(paragraph: str, target_chars: int, rng: np.random.Generator
 # --------------------------------------------------------------------------- rows
 
 
-def _limit_for(paragraph: str, rng: np.random.Generator, min_limit: int, max_limit: int) -> int:
-    """A limit of at most ~80% of the paragraph, so compressing is needed."""
+def _limit_for(paragraph: str, rng: np.random.Generator, min_limit: int, max_limit: int,
+               step: int = 1) -> int:
+    """A limit of at most ~80% of the paragraph, so compressing is needed: a multiple of
+    ``step`` from ``min_limit`` on (round numbers, as people ask for 30 or 50 characters)."""
     high = max(min_limit, min(max_limit, math.floor(0.8 * count_chars(paragraph))))
-    return int(rng.integers(min_limit, high + 1))
+    return min_limit + step * int(rng.integers((high - min_limit) // step + 1))
 
 
 def sft_row(paragraph: str, limit: int, rng: np.random.Generator, noise: float = SFT_NOISE) -> dict:
@@ -217,10 +219,12 @@ def rm_row(paragraph: str, limit: int, rng: np.random.Generator) -> dict:
 
 
 def _test_limits(paragraphs: Sequence[str], n: int, rng: np.random.Generator, min_limit: int,
-                 max_limit: int) -> list[tuple[str, int]]:
-    """``n`` (paragraph, limit) pairs with limits spread evenly over [min_limit, max_limit],
-    each given to a paragraph long enough for it (paragraphs are reused only if too few)."""
-    limits = sorted(np.rint(np.linspace(min_limit, max_limit, n)).astype(int).tolist(), reverse=True)
+                 max_limit: int, step: int = 1) -> list[tuple[str, int]]:
+    """``n`` (paragraph, limit) pairs with limits spread evenly over the multiples of ``step``
+    in [min_limit, max_limit], each given to a paragraph long enough for it (paragraphs are
+    reused only if too few)."""
+    spread = np.linspace(0, (max_limit - min_limit) // step, n)
+    limits = sorted((min_limit + step * np.rint(spread).astype(int)).tolist(), reverse=True)
     free: list[int] = []
     rows = []
     for limit in limits:
@@ -230,7 +234,7 @@ def _test_limits(paragraphs: Sequence[str], n: int, rng: np.random.Generator, mi
         pick = fits[int(rng.integers(len(fits)))] if fits else free[int(rng.integers(len(free)))]
         free.remove(pick)
         if not fits:
-            limit = _limit_for(paragraphs[pick], rng, min_limit, limit)
+            limit = _limit_for(paragraphs[pick], rng, min_limit, limit, step)
         rows.append((paragraphs[pick], limit))
     return [rows[i] for i in rng.permutation(len(rows))]
 
@@ -270,15 +274,18 @@ def _split_sources(source, n_test: int, n_train: int, rng: np.random.Generator,
 
 def build_length_control_data(out_dir, *, seed: int = 0, source=None, n_sft: int = 3000, n_rm: int = 1500,
                               n_test: int = 260, n_ppo_prompts: int = 1000, min_limit: int = 5,
-                              max_limit: int = 80, sft_noise: float = SFT_NOISE,
+                              max_limit: int = 80, limit_step: int = 5, sft_noise: float = SFT_NOISE,
                               paragraph_chars: tuple[int, int] = (MIN_CHARS, MAX_CHARS)) -> dict[str, Path]:
     """Write sft/rm/dpo/ppo_prompts/test JSONL files, source.jsonl and meta.json to ``out_dir``.
 
     ``source``: None for the embedded generator (paragraphs of ``paragraph_chars`` characters),
-    or .txt/.jsonl file(s). Returns the paths by name ("sft", "rm", "dpo", "ppo_prompts", "test", "source", "meta").
+    or .txt/.jsonl file(s). Limits are multiples of ``limit_step`` from ``min_limit`` to
+    ``max_limit`` (5, 10, ..., 80 by default: round numbers, as people ask). Returns the paths by name ("sft", "rm", "dpo", "ppo_prompts", "test", "source", "meta").
     """
     if not 1 <= min_limit <= max_limit <= 999:
         raise ValueError(f"need 1 <= min_limit <= max_limit <= 999, got {min_limit}, {max_limit}")
+    if limit_step < 1:
+        raise ValueError(f"limit_step must be >= 1, got {limit_step}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     corpus_rng, test_rng, sft_rng, rm_rng, ppo_rng = (
@@ -289,14 +296,14 @@ def build_length_control_data(out_dir, *, seed: int = 0, source=None, n_sft: int
     sft_pars, rm_pars, ppo_pars = train[:n_sft], train[n_sft:n_sft + n_rm], train[n_sft + n_rm:]
 
     test = [{"prompt": make_prompt(p, n, test_rng), "limit": n}
-            for p, n in _test_limits(test_pars, n_test, test_rng, min_limit, max_limit)]
-    sft_limits = [_limit_for(p, sft_rng, min_limit, max_limit) for p in sft_pars]
+            for p, n in _test_limits(test_pars, n_test, test_rng, min_limit, max_limit, limit_step)]
+    sft_limits = [_limit_for(p, sft_rng, min_limit, max_limit, limit_step) for p in sft_pars]
     sft = [sft_row(p, n, sft_rng, sft_noise) for p, n in zip(sft_pars, sft_limits)]
-    rm = [rm_row(p, _limit_for(p, rm_rng, min_limit, max_limit), rm_rng) for p in rm_pars]
+    rm = [rm_row(p, _limit_for(p, rm_rng, min_limit, max_limit, limit_step), rm_rng) for p in rm_pars]
     dpo = [{"prompt": r["prompt"], "chosen": r["response"][0][0], "rejected": r["response"][-1][0]} for r in rm]
     ppo = []
     for p in ppo_pars:
-        limit = _limit_for(p, ppo_rng, min_limit, max_limit)
+        limit = _limit_for(p, ppo_rng, min_limit, max_limit, limit_step)
         ppo.append({"prompt": make_prompt(p, limit, ppo_rng), "limit": limit})
 
     sft_scores = [score(r["response"], n) for r, n in zip(sft, sft_limits)]
@@ -309,7 +316,7 @@ def build_length_control_data(out_dir, *, seed: int = 0, source=None, n_sft: int
         "task": "length_control", "seed": seed,
         "counts": {"sft": len(sft), "rm": len(rm), "dpo": len(dpo), "ppo_prompts": len(ppo), "test": len(test),
                    "source_paragraphs": {"test": len(test_pars), "train": len(used_train)}},
-        "limits": {"min": min_limit, "max": max_limit},
+        "limits": {"min": min_limit, "max": max_limit, "step": limit_step},
         "sources": ["embedded"] if source is None else [str(p) for p in
                                                         ([source] if isinstance(source, (str, Path)) else source)],
         "licence": LICENCE if source is None else "as the source files' own licence",
