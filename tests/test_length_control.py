@@ -407,7 +407,7 @@ def test_char_tokenizer_keeps_a_count_before_zi_as_one_token(tmp_path):
     tok = build_char_tokenizer(["请将这段描述浓缩成30字的要义。8月18日，二十摄氏度"], tmp_path / "tok")
     pieces = lambda text: tok.convert_ids_to_tokens(tok(text, add_special_tokens=False)["input_ids"])
     assert pieces("浓缩成30字")[-2:] == ["30", "字"]
-    assert pieces("用三十五个字")[1] == "三十五" and "十五" in pieces("十五字")
+    assert "三十五" in pieces("用三十五个字") and "十五" in pieces("十五字")
     assert pieces("压缩到１２字")[-2:] == ["１２", "字"]
     assert pieces("8月18日")[:4] == ["8", "月", "1", "8"]  # other numbers stay one token per character
     assert pieces("二十摄氏度")[:2] == ["二", "十"]

@@ -24,11 +24,11 @@ log = logging.getLogger(__name__)
 
 @dataclasses.dataclass(frozen=True)
 class DemoDataConfig:
-    n_sft: int = 3000
-    n_rm: int = 1500
+    n_sft: int = 10000
+    n_rm: int = 1200
     n_test: int = 260
     n_ppo_prompts: int = 1000
-    paragraph_chars: tuple[int, int] = (60, 200)  # length range of the embedded paragraphs
+    paragraph_chars: tuple[int, int] = (30, 120)  # length range of the embedded paragraphs
 
 
 @dataclasses.dataclass(frozen=True)
@@ -38,8 +38,8 @@ class DemoModelConfig:
     hidden_size: int = 128
     intermediate_size: int = 352
     num_hidden_layers: int = 4
-    num_attention_heads: int = 4
-    num_key_value_heads: int = 2
+    num_attention_heads: int = 8
+    num_key_value_heads: int = 4
     max_position_embeddings: int = 512
 
 
@@ -49,24 +49,24 @@ class DemoConfig:
     seed: int = 0
     source: tuple[str, ...] = ()  # your own paragraphs (.txt or .jsonl with "text"); default: embedded
     mesh: MeshConfig = MeshConfig(data=-1, fsdp=1, tensor=1)
-    max_length: int = 336  # tokens per prompt+answer sequence (SFT, RM, DPO)
-    max_prompt_length: int = 232  # PPO / eval prompts (left-padded)
+    max_length: int = 256  # tokens per prompt+answer sequence (SFT, RM, DPO)
+    max_prompt_length: int = 160  # PPO / eval prompts (left-padded)
     data: DemoDataConfig = DemoDataConfig()
     model: DemoModelConfig = DemoModelConfig()
     # per-stage settings, merged into the stage configs (any stage key may be given)
     sft: dict = dataclasses.field(default_factory=lambda: {
-        "train": {"epochs": 4, "batch_size": 16, "eval_every": 200, "log_every": 10,
-                  "optim": {"learning_rate": 2.0e-3, "warmup_steps": 30, "weight_decay": 0.01}},
-        "data": {"packing": True, "eval_fraction": 0.05}})
+        "train": {"epochs": 2, "batch_size": 8, "eval_every": 500, "log_every": 10,
+                  "optim": {"learning_rate": 3.0e-3, "warmup_steps": 30, "weight_decay": 0.01}},
+        "data": {"packing": True, "eval_fraction": 0.02, "train_on_prompt": True}})
     rm: dict = dataclasses.field(default_factory=lambda: {
         "train": {"epochs": 1, "batch_size": 8, "eval_every": 100, "log_every": 10,
                   "optim": {"learning_rate": 5.0e-4, "warmup_steps": 20}},
         "data": {"eval_fraction": 0.1}})
     ppo: dict = dataclasses.field(default_factory=lambda: {
-        "rollout": {"max_new_tokens": 168, "temperature": 1.0},
+        "rollout": {"max_new_tokens": 120, "temperature": 1.0},
         "kl": {"coef": 0.05},
-        "train": {"iterations": 100, "batch_size": 32, "epochs": 2, "minibatches": 2,
-                  "save_every": 25, "actor_optim": {"learning_rate": 2.0e-4, "schedule": "constant"},
+        "train": {"iterations": 40, "batch_size": 32, "epochs": 2, "minibatches": 2,
+                  "save_every": 10, "actor_optim": {"learning_rate": 3.0e-4, "schedule": "constant"},
                   "critic_optim": {"learning_rate": 5.0e-4, "schedule": "constant"}}})
     dpo: dict = dataclasses.field(default_factory=lambda: {
         "train": {"epochs": 1, "batch_size": 8, "log_every": 10,
