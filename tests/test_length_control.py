@@ -413,3 +413,14 @@ def test_char_tokenizer_keeps_a_count_before_zi_as_one_token(tmp_path):
     assert pieces("二十摄氏度")[:2] == ["二", "十"]
     for text in ("浓缩成30字的要义。8月18日", "用三十五个字", "130字", "30 字"):
         assert tok.decode(tok(text)["input_ids"], skip_special_tokens=True) == text
+
+
+def test_demo_stage_overrides_refine_the_defaults(tmp_path):
+    from jaxrlhf.config import load_config
+    from jaxrlhf.stages.demo import DemoConfig, stage_configs
+    cfg = load_config(DemoConfig, None, ["ppo.kl.coef=0.2", f"output_dir={tmp_path}"])
+    data = {name: tmp_path / f"{name}.jsonl" for name in ("sft", "rm", "dpo", "ppo_prompts", "test")}
+    ppo = stage_configs(cfg, tmp_path, data)["ppo"]
+    assert ppo.kl.coef == 0.2
+    assert ppo.train.iterations == DemoConfig().ppo["train"]["iterations"]  # not the stage's own default
+    assert ppo.rollout.max_new_tokens == DemoConfig().ppo["rollout"]["max_new_tokens"]

@@ -92,6 +92,11 @@ def stage_configs(cfg: DemoConfig, out: Path, data: dict[str, Path]) -> dict:
     from jaxrlhf.stages.sft import SFTConfig
 
     mesh = to_dict(cfg.mesh)
+    # a stage section given in YAML or by --set (ppo.kl.coef=0.2) refines the demo's defaults
+    # for that stage instead of replacing the whole section
+    defaults = DemoConfig()
+    cfg = dataclasses.replace(cfg, **{name: _merge(getattr(defaults, name), getattr(cfg, name))
+                                      for name in ("sft", "rm", "ppo", "dpo")})
     sft = _merge({"seed": cfg.seed, "output_dir": str(out / "sft"), "tokenizer": str(out / "base"),
                   "model": {"path": str(out / "base")}, "mesh": mesh,
                   "data": {"train_files": [str(data["sft"])], "max_length": cfg.max_length}}, cfg.sft)
