@@ -203,11 +203,21 @@ def sft_row(paragraph: str, limit: int, rng: np.random.Generator, noise: float =
     return {"prompt": make_prompt(paragraph, limit, rng), "response": write_summary(paragraph, target, rng)}
 
 
+RM_OVER_SHARE = 0.7  # share of the off-limit RM answers that run long
+
+
 def rm_row(paragraph: str, limit: int, rng: np.random.Generator) -> dict:
-    """Three compressions (near the limit, moderately off, far off), ranked by the rule."""
+    """Three compressions (near the limit, moderately off, far off), ranked by the rule.
+
+    The off answers run long in ``RM_OVER_SHARE`` of the cases: too long is the mistake a
+    summariser (and the SFT policy) makes, and a reward model shown mostly short negatives
+    learns "longer is better" and rewards overshooting (measured: centred reward +0.24 for
+    answers 8-30% over the limit against +0.63 near it and -1.15 far under)."""
+    def sign() -> int:
+        return 1 if rng.random() < RM_OVER_SHARE else -1
+
     for _ in range(20):
-        errors = [rng.uniform(-0.04, 0.04), rng.choice([-1, 1]) * rng.uniform(0.08, 0.22),
-                  rng.choice([-1, 1]) * rng.uniform(0.3, 0.6)]
+        errors = [rng.uniform(-0.04, 0.04), sign() * rng.uniform(0.08, 0.22), sign() * rng.uniform(0.3, 0.6)]
         answers = [make_compression(paragraph, max(2, round(limit * (1 + e))), rng)
                    for e in rng.permutation(np.asarray(errors))]
         scores = [score(a, limit) for a in answers]
