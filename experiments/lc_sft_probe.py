@@ -28,20 +28,15 @@ p.add_argument("--kv", type=int, default=2); p.add_argument("--layers", type=int
 p.add_argument("--hidden", type=int, default=128); p.add_argument("--ffn", type=int, default=352)
 p.add_argument("--noise", type=float, default=0.23); p.add_argument("--batch", type=int, default=16)
 p.add_argument("--max-length", type=int, default=336); p.add_argument("--n-eval", type=int, default=100)
-p.add_argument("--writer", choices=["clauses", "trim"], default="clauses",
-               help="trim: answers are make_compression at the noisy target (last clause cut)")
 p.add_argument("--limit-step", type=int, default=5)
 p.add_argument("--no-count-tokens", action="store_true", help="limits as single digits, like any number")
 p.add_argument("--train-on-prompt", action="store_true"); p.add_argument("--max-steps", type=int, default=0); p.add_argument("--root", default="/tmp/lc_probe")
 a = p.parse_args()
 logging.basicConfig(level=logging.WARNING)
 from jaxrlhf.tasks.length_control import build_length_control_data
-import jaxrlhf.tasks.length_control.data as lc_data
 if a.no_count_tokens:
     import jaxrlhf.tasks.length_control.tokenizer as lc_tok
     lc_tok.COUNT_PATTERN = r"[\s\S]"; lc_tok.count_merges = lambda: []
-if a.writer == "trim":
-    lc_data.write_summary = lc_data.make_compression
 from jaxrlhf.stages.demo import DemoConfig, DemoModelConfig, build_base_model, stage_configs, _texts
 from jaxrlhf.config import from_dict, to_dict
 from jaxrlhf.stages.sft import run_sft, SFTConfig

@@ -13,8 +13,8 @@ import pytest
 from jaxrlhf.rewards import TextBatch, get_rule
 from jaxrlhf.tasks.length_control import (SCORE_LEVELS, TEMPLATES, build_char_tokenizer, build_length_control_data,
                                           chinese_number, chinese_numeral, count_chars, evaluate_predictions,
-                                          format_distribution, make_compression, parse_limit, score, split_clauses,
-                                          write_summary)
+                                          format_distribution, make_compression, parse_limit, score, split_clauses)
+from jaxrlhf.tasks.length_control.data import _whole, rm_row, sft_row
 from jaxrlhf.tasks.length_control.corpus import generate_paragraph
 from jaxrlhf.tasks.length_control.data import main as data_main
 
@@ -212,25 +212,43 @@ def test_make_compression_is_extractive_and_hits_the_target():
     assert make_compression("没有句号", 40, rng) == "没有句号。"
 
 
-def test_write_summary_stops_at_the_clause_that_reaches_the_target():
-    rng = np.random.default_rng(1)
-    over = 0
-    for _ in range(300):
+def test_rm_rows_are_drafts_of_one_compression_on_both_sides_of_the_limit():
+    rng = np.random.default_rng(2)
+    sides = {"short": 0, "long": 0}
+    for _ in range(200):
         paragraph = generate_paragraph(rng)
-        clauses = split_clauses(paragraph)
-        target = int(rng.integers(4, int(0.8 * count_chars(paragraph)) + 1))
-        answer = write_summary(paragraph, target, rng)
-        pieces = split_clauses(answer)
-        assert answer.endswith("。") and all(p in paragraph for p in pieces)
-        n = count_chars(answer)
-        if len(pieces) == 1 and pieces[0] not in clauses:  # a first clause far too long, cut to the target
-            assert n == target
-            continue
-        assert all(p in clauses for p in pieces)  # otherwise whole clauses only
-        assert n >= target or pieces == [c for c in clauses if c in pieces]  # short only when out of clauses
-        assert n - max(count_chars(c) for c in pieces) - 1 < target  # one clause fewer would not reach it
-        over += n > target
-    assert over > 150  # writers run over more often than not
+        limit = 5 * int(rng.integers(1, int(0.8 * count_chars(paragraph)) // 5 + 1))
+        row = rm_row(paragraph, limit, rng)
+        answers = [r[0] for r in row["response"]]
+        assert row["score"] == [score(a, limit) for a in answers] == sorted(row["score"], reverse=True)
+        counts = [count_chars(a) for a in answers]
+        if max(counts) == count_chars(_whole(paragraph)):
+            continue  # the long draft hit the whole paragraph: no cut clause to compare
+        # one near the limit (up to one character of rounding), one under it, one over it
+        assert abs(counts[0] - limit) <= max(1, round(0.04 * limit) + 1), (limit, answers)
+        sides["short"] += min(counts) < limit
+        sides["long"] += max(counts) > limit
+        # the same clauses in the same order: a shorter draft's whole clauses are in the longer one
+        by_length = sorted(answers, key=count_chars)
+        for shorter, longer in zip(by_length, by_length[1:]):
+            assert all(c in longer for c in split_clauses(shorter)[:-1]), (shorter, longer)
+    assert min(sides.values()) >= 150
+
+
+def test_sft_answers_miss_the_limit_and_run_long_on_average():
+    rng = np.random.default_rng(3)
+    ratios = []
+    for _ in range(400):
+        paragraph = generate_paragraph(rng)
+        limit = 5 * int(rng.integers(2, int(0.8 * count_chars(paragraph)) // 5 + 1))
+        row = sft_row(paragraph, limit, rng)
+        assert parse_limit(row["prompt"]) == limit and paragraph in row["prompt"]
+        assert all(piece in paragraph for piece in split_clauses(row["response"]))
+        ratios.append(count_chars(row["response"]) / limit)
+    ratios = np.asarray(ratios)
+    assert 1.0 < np.median(ratios) < 1.12  # SFT_BIAS: summaries run long
+    assert 0.1 < np.std(ratios) < 0.25  # SFT_NOISE: and miss by a spread of lengths
+    assert 0.3 < np.mean(np.abs(ratios - 1) <= 0.05) < 0.6  # not on target most of the time
 
 
 # --------------------------------------------------------------------------- data builder
@@ -424,3 +442,16 @@ def test_demo_stage_overrides_refine_the_defaults(tmp_path):
     assert ppo.kl.coef == 0.2
     assert ppo.train.iterations == DemoConfig().ppo["train"]["iterations"]  # not the stage's own default
     assert ppo.rollout.max_new_tokens == DemoConfig().ppo["rollout"]["max_new_tokens"]
+
+
+def test_demo_reward_model_reads_where_ppo_scores(tmp_path):
+    """The demo's RM is trained without EOS (read at the last answer token) and PPO's reward
+    source scores rollouts the same way; turning append_eos back on turns include_eos on."""
+    from jaxrlhf.config import load_config
+    from jaxrlhf.stages.demo import DemoConfig, stage_configs
+    data = {name: tmp_path / f"{name}.jsonl" for name in ("sft", "rm", "dpo", "ppo_prompts", "test")}
+    for overrides, expected in (([], False), (["rm.data.append_eos=true"], True)):
+        configs = stage_configs(load_config(DemoConfig, None, [f"output_dir={tmp_path}", *overrides]),
+                                tmp_path, data)
+        assert configs["rm"].data.append_eos is expected
+        assert [r.include_eos for r in configs["ppo"].rewards] == [expected]
