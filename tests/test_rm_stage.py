@@ -57,7 +57,9 @@ def test_sigkill_and_resume_equals_uninterrupted(model_dir, tmp_path):
 
     killed_dir = tmp_path / "killed"
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    proc = subprocess.Popen([sys.executable, "-m", "jaxrlhf.cli", "rm", "--config", cfg, *common,
+    # the same 8 CPU devices as this process (conftest): XLA:CPU compiles the step for the
+    # backend it sees, and a 1-device backend sums in another order (differences ~2e-6)
+    proc = subprocess.Popen([sys.executable, "-m", "jaxrlhf.cli", "--cpu-devices", "8", "rm", "--config", cfg, *common,
                              "--set", f"output_dir={killed_dir}"], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

@@ -149,7 +149,7 @@ output_dir: {tmp_path / 'dpo'}
 model: {{path: {tmp_path / 'sft' / 'final'}}}
 mesh: {{data: 1, fsdp: 1, tensor: 1}}
 data: {{train_files: [{tmp_path / 'pairs.jsonl'}], eval_files: [{tmp_path / 'held_out.jsonl'}], max_length: 24}}
-train: {{epochs: 4, batch_size: 8, log_every: 10, optim: {{learning_rate: 2.0e-3}}}}
+train: {{epochs: 6, batch_size: 8, log_every: 10, optim: {{learning_rate: 2.0e-3}}}}
 loss: {{beta: 0.5}}
 """)
     assert main(["dpo", "--config", dpo]) == 0
