@@ -9,7 +9,8 @@ sft/final), applies the overrides (dotted keys of that stage's config, YAML valu
 ``--set data.append_eos=false``), runs it into OUT/<stage>, and prints one JSON line: the
 stage's seconds and held-out eval; for ppo and dpo also the greedy test-split score,
 corr(length, limit), the median length ratio and the score distribution. ``--rm`` scores PPO
-with RM_RUN/rm/final instead of DEMO_RUN's reward model (e.g. one trained by this probe).
+with RM_RUN/rm/final instead of DEMO_RUN's reward model (e.g. one trained by this probe);
+either is read where the demo's RM settings say (the last answer token by default).
 """
 import argparse
 import json
@@ -18,10 +19,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import yaml
 
-from jaxrlhf.config import from_dict, to_dict
-from jaxrlhf.stages.demo import DemoConfig, _merge, stage_configs
+from jaxrlhf.config import apply_overrides, from_dict, to_dict
+from jaxrlhf.stages.demo import DemoConfig, stage_configs
 from jaxrlhf.stages.dpo import DPOConfig, run_dpo
 from jaxrlhf.stages.ppo import PPOConfig, run_ppo
 from jaxrlhf.stages.rm import RMConfig, run_rm
@@ -34,7 +34,6 @@ p.add_argument("stage", choices=sorted(STAGES))
 p.add_argument("demo_run")
 p.add_argument("out")
 p.add_argument("--rm", default=None, help="ppo: a run folder whose rm/final scores the rollouts")
-p.add_argument("--rm-without-eos", action="store_true", help="ppo: the RM reads the last answer token")
 p.add_argument("--set", action="append", default=[], help="stage key=value (dotted), YAML value")
 a = p.parse_args()
 logging.basicConfig(level=logging.WARNING)
@@ -45,16 +44,7 @@ cfg = to_dict(stage_configs(demo, out, data)[a.stage])
 cfg["model"]["path"] = str(run / "sft" / "final")
 if a.stage == "ppo":
     cfg["rewards"][0]["path"] = str(Path(a.rm or run) / "rm" / "final")
-    cfg["rewards"][0]["include_eos"] = not a.rm_without_eos
-for item in a.set:
-    key, value = item.split("=", 1)
-    node: dict = {}
-    cur = node
-    *parents, last = key.split(".")
-    for k in parents:
-        cur = cur.setdefault(k, {})
-    cur[last] = yaml.safe_load(value)
-    cfg = _merge(cfg, node)
+cfg = apply_overrides(cfg, a.set)
 config_cls, runner = STAGES[a.stage]
 start = time.time()
 result = runner(from_dict(config_cls, cfg))

@@ -14,8 +14,8 @@ from jaxrlhf.rewards import TextBatch, get_rule
 from jaxrlhf.tasks.length_control import (SCORE_LEVELS, TEMPLATES, build_char_tokenizer, build_length_control_data,
                                           chinese_number, chinese_numeral, count_chars, evaluate_predictions,
                                           format_distribution, make_compression, parse_limit, score, split_clauses)
-from jaxrlhf.tasks.length_control.data import _whole, rm_row, sft_row
 from jaxrlhf.tasks.length_control.corpus import generate_paragraph
+from jaxrlhf.tasks.length_control.data import _whole, rm_row, sft_row
 from jaxrlhf.tasks.length_control.data import main as data_main
 
 SMALL = dict(n_sft=60, n_rm=30, n_test=20, n_ppo_prompts=15)

@@ -103,18 +103,20 @@ def stage_configs(cfg: DemoConfig, out: Path, data: dict[str, Path]) -> dict:
     sft = _merge({"seed": cfg.seed, "output_dir": str(out / "sft"), "tokenizer": str(out / "base"),
                   "model": {"path": str(out / "base")}, "mesh": mesh,
                   "data": {"train_files": [str(data["sft"])], "max_length": cfg.max_length}}, cfg.sft)
-    rm = _merge({"seed": cfg.seed, "output_dir": str(out / "rm"), "model": {"path": str(out / "sft" / "final")},
-                 "mesh": mesh, "data": {"train_files": [str(data["rm"])], "max_length": cfg.max_length}}, cfg.rm)
+    rm = from_dict(RMConfig, _merge({"seed": cfg.seed, "output_dir": str(out / "rm"),
+                                     "model": {"path": str(out / "sft" / "final")}, "mesh": mesh,
+                                     "data": {"train_files": [str(data["rm"])], "max_length": cfg.max_length}},
+                                    cfg.rm), "demo rm")
     ppo = _merge({"seed": cfg.seed, "output_dir": str(out / "ppo"), "model": {"path": str(out / "sft" / "final")},
                   "mesh": mesh, "data": {"prompt_files": [str(data["ppo_prompts"])],
                                          "max_prompt_length": cfg.max_prompt_length},
                   # the RM scores rollouts where it was trained to: with or without the EOS
                   "rewards": [{"kind": "model", "path": str(out / "rm" / "final"),
-                               "include_eos": bool(cfg.rm.get("data", {}).get("append_eos", True))}]},
+                               "include_eos": rm.data.append_eos}]},
                  cfg.ppo)
     dpo = _merge({"seed": cfg.seed, "output_dir": str(out / "dpo"), "model": {"path": str(out / "sft" / "final")},
                   "mesh": mesh, "data": {"train_files": [str(data["dpo"])], "max_length": cfg.max_length}}, cfg.dpo)
-    return {"sft": from_dict(SFTConfig, sft, "demo sft"), "rm": from_dict(RMConfig, rm, "demo rm"),
+    return {"sft": from_dict(SFTConfig, sft, "demo sft"), "rm": rm,
             "ppo": from_dict(PPOConfig, ppo, "demo ppo"), "dpo": from_dict(DPOConfig, dpo, "demo dpo")}
 
 
