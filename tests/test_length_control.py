@@ -247,7 +247,7 @@ def test_sft_answers_miss_the_limit_and_run_long_on_average():
         ratios.append(count_chars(row["response"]) / limit)
     ratios = np.asarray(ratios)
     assert 1.0 < np.median(ratios) < 1.12  # SFT_BIAS: summaries run long
-    assert 0.1 < np.std(ratios) < 0.25  # SFT_NOISE: and miss by a spread of lengths
+    assert 0.07 < np.std(ratios) < 0.15  # SFT_NOISE (10%): and miss by a spread of lengths
     assert 0.15 < np.mean(np.abs(ratios - 1) <= 0.05) < 0.4  # on target about a quarter of the time (P(|e| < 0.05) = 0.25)
 
 
@@ -341,10 +341,10 @@ def test_sft_answers_are_imperfect_like_human_data(full_data):
     meta = json.loads(full_data["meta"].read_text(encoding="utf-8"))
     scores = [score(r["response"], parse_limit(r["prompt"])) for r in read(full_data["sft"])]
     assert meta["sft_mean_score"] == pytest.approx(np.mean(scores), abs=1e-4)
-    assert 0.70 <= meta["sft_mean_score"] <= 0.82  # right on average, off by +5% +- 15%
+    assert 0.82 <= meta["sft_mean_score"] <= 0.92  # right on average, off by +5% +- 10%
     errors = np.asarray([count_chars(r["response"]) / parse_limit(r["prompt"]) - 1 for r in read(full_data["sft"])])
     assert np.mean(errors > 0.05) > 1.5 * np.mean(errors < -0.05)  # misses run long more often than short
-    assert min(meta["sft_score_distribution"].values()) > 100  # every level occurs
+    assert min(meta["sft_score_distribution"].values()) >= 30  # every level occurs (0.0 the rarest)
     assert meta["counts"]["test"] == 260 and meta["sources"] == ["embedded"] and "licence" in meta
     ranks = meta["rm_mean_score_by_rank"]
     assert ranks[0] > 0.9 and ranks[0] > ranks[1] > ranks[2]

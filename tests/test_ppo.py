@@ -91,6 +91,26 @@ def test_ppo_learns_a_rule_reward(setup, tmp_path):
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
 
 
+def test_ppo_with_several_samples_per_prompt_and_a_group_baseline_learns(setup, tmp_path):
+    model, prompts = setup
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=30,
+                   extra="  samples_per_prompt: 4\n  group_baseline: true")
+    assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) == 0
+    history = json.loads((tmp_path / "run" / "results.json").read_text())["history"]
+    start = np.mean([h["score"] for h in history[:3]])
+    end = np.mean([h["score"] for h in history[-5:]])
+    assert start < 0.4 and end >= 0.75, (start, end)
+    # the group-centred score has mean 0 in every batch
+    assert all(abs(h["shaped_score"]) < 1e-5 for h in history)
+
+
+def test_samples_per_prompt_must_divide_the_batch(setup, tmp_path):
+    model, prompts = setup
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=1, batch=30, minibatches=2,
+                   extra="  samples_per_prompt: 4")
+    assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) != 0
+
+
 def test_sharded_iteration_equals_single_device(setup, tmp_path):
     model, prompts = setup
     finals = []

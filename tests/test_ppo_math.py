@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxrlhf.losses import (compute_gae, kl_penalty, masked_whiten, ppo_policy_loss, ppo_value_loss)
-from jaxrlhf.steps.ppo import PPOHyper, adaptive_kl_coef, shape_rewards
+from jaxrlhf.steps.ppo import PPOHyper, adaptive_kl_coef, leave_one_out_baseline, shape_rewards
 
 
 def random_masked(seed, b=4, t=7):
@@ -94,3 +94,23 @@ def test_shaped_rewards_put_score_at_last_token_and_penalise_missing_eos():
     expected[1, 3] += 1.0 - 2.0
     np.testing.assert_allclose(np.asarray(rewards), expected, atol=1e-6)
     np.testing.assert_allclose(np.asarray(scores), [1.0, -1.0])
+
+
+def test_group_baseline_subtracts_the_mean_of_the_prompts_other_samples():
+    scores = np.array([1.0, 2.0, 3.0, 4.0, 0.0, 0.0], np.float32)  # two prompts x three samples
+    expected = [1 - 2.5, 2 - 2.0, 3 - 1.5, 4 - 0.0, 0 - 2.0, 0 - 2.0]
+    np.testing.assert_allclose(np.asarray(leave_one_out_baseline(scores, 3)), expected, atol=1e-6)
+    mask = np.ones((6, 2), np.float32)
+    lp = np.zeros((6, 2), np.float32)
+    hyper = PPOHyper(missing_eos_penalty=None, group_size=3, group_baseline=True)
+    rewards, _, shaped = shape_rewards(scores, lp, lp, mask, np.ones(6, bool), np.float32(0.1), hyper)
+    np.testing.assert_allclose(np.asarray(shaped), expected, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(rewards)[:, 1], expected, atol=1e-6)
+    # a prompt whose samples all score alike teaches nothing
+    same = np.asarray(leave_one_out_baseline(np.full(4, 0.7, np.float32), 4))
+    np.testing.assert_allclose(same, 0.0, atol=1e-6)
+
+
+def test_group_baseline_needs_several_samples_per_prompt():
+    with pytest.raises(ValueError, match="group_size >= 2"):
+        PPOHyper(group_baseline=True, group_size=1)

@@ -29,6 +29,7 @@ class DemoDataConfig:
     n_test: int = 260
     n_ppo_prompts: int = 1000
     paragraph_chars: tuple[int, int] = (30, 120)  # length range of the embedded paragraphs
+    sft_noise: float = 0.10  # std of the SFT answers' relative length error (their aim at the limit)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -41,6 +42,7 @@ class DemoModelConfig:
     num_attention_heads: int = 8
     num_key_value_heads: int = 4
     max_position_embeddings: int = 512
+    rope_theta: float = 10000.0
 
 
 @dataclasses.dataclass(frozen=True)
@@ -133,7 +135,8 @@ def build_base_model(cfg: DemoConfig, out: Path, texts) -> Path:
     arch = LlamaConfig(vocab_size=len(tokenizer), hidden_size=m.hidden_size,
                        intermediate_size=m.intermediate_size, num_hidden_layers=m.num_hidden_layers,
                        num_attention_heads=m.num_attention_heads, num_key_value_heads=m.num_key_value_heads,
-                       max_position_embeddings=m.max_position_embeddings, tie_word_embeddings=True,
+                       max_position_embeddings=m.max_position_embeddings, rope_theta=m.rope_theta,
+                       tie_word_embeddings=True,
                        extra_json=json.dumps({"bos_token_id": tokenizer.bos_token_id,
                                               "eos_token_id": tokenizer.eos_token_id,
                                               "pad_token_id": tokenizer.pad_token_id}))
@@ -180,7 +183,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         d = cfg.data
         data = timed("data", build_length_control_data, data_dir, seed=cfg.seed,
                      source=list(cfg.source) or None, n_sft=d.n_sft, n_rm=d.n_rm, n_test=d.n_test,
-                     n_ppo_prompts=d.n_ppo_prompts, paragraph_chars=tuple(d.paragraph_chars))
+                     n_ppo_prompts=d.n_ppo_prompts, paragraph_chars=tuple(d.paragraph_chars),
+                     sft_noise=d.sft_noise)
     timed("base model", build_base_model, cfg, out, _texts(data))
     configs = stage_configs(cfg, out, data)
     runners = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo, "dpo": run_dpo}

@@ -53,7 +53,9 @@ class KLConfig:
 @dataclasses.dataclass(frozen=True)
 class PPOTrainConfig:
     iterations: int = 100
-    batch_size: int = 16  # prompts (= responses) per iteration
+    batch_size: int = 16  # responses per iteration (batch_size / samples_per_prompt prompts)
+    samples_per_prompt: int = 1  # responses sampled from each prompt
+    group_baseline: bool = False  # score minus the mean of the prompt's other responses (RLOO)
     epochs: int = 4  # PPO epochs over each rollout
     minibatches: int = 4
     clip_ratio: float = 0.2
@@ -74,6 +76,11 @@ class PPOTrainConfig:
     def __post_init__(self):
         if self.batch_size % self.minibatches:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of minibatches {self.minibatches}")
+        if self.samples_per_prompt < 1 or self.batch_size % self.samples_per_prompt:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of samples_per_prompt "
+                             f"{self.samples_per_prompt}")
+        if self.group_baseline and self.samples_per_prompt < 2:
+            raise ValueError("group_baseline compares a prompt's responses: it needs samples_per_prompt >= 2")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -207,9 +214,12 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
     examples, report = load_prompts(list(cfg.data.prompt_files), tokenizer=tokenizer, strict=cfg.data.strict)
     prompts = tokenize_prompts(examples, tokenizer, max_length=cfg.data.max_prompt_length, report=report)
     log.info("prompts: %s", report.summary())
-    per_epoch = batches_per_epoch(len(prompts), cfg.train.batch_size)
+    group = cfg.train.samples_per_prompt
+    prompts_per_iteration = cfg.train.batch_size // group
+    per_epoch = batches_per_epoch(len(prompts), prompts_per_iteration)
     if per_epoch == 0:
-        raise ConfigError(f"{len(prompts)} prompts are fewer than train.batch_size {cfg.train.batch_size}")
+        raise ConfigError(f"{len(prompts)} prompts are fewer than the {prompts_per_iteration} one "
+                          f"iteration needs (train.batch_size / train.samples_per_prompt)")
     eos_id, pad_id = tokenizer.eos_token_id, pad_id_of(tokenizer)
     if eos_id is None:
         raise ConfigError("the tokenizer has no EOS token: PPO needs one to end responses")
@@ -244,7 +254,8 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
                      clip_value=cfg.train.clip_value, vf_coef=cfg.train.vf_coef,
                      entropy_coef=cfg.train.entropy_coef, epochs=cfg.train.epochs,
                      minibatches=cfg.train.minibatches, whiten_advantages=cfg.train.whiten_advantages,
-                     missing_eos_penalty=cfg.train.missing_eos_penalty, score_clip=cfg.train.score_clip)
+                     missing_eos_penalty=cfg.train.missing_eos_penalty, score_clip=cfg.train.score_clip,
+                     group_size=group, group_baseline=cfg.train.group_baseline)
     prompt_len = cfg.data.max_prompt_length
     sample = jax.jit(functools.partial(generate, actor_graphdef, config=cfg.rollout, eos_id=eos_id,
                                        pad_id=pad_id))
@@ -263,8 +274,9 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
     base_key = jax.random.key(cfg.seed)
     for it in range(start, iterations):
         epoch, index = divmod(it, per_epoch)
-        _, batch = next(iterate_batches(prompts, cfg.train.batch_size, seed=cfg.seed, epoch=epoch,
+        _, batch = next(iterate_batches(prompts, prompts_per_iteration, seed=cfg.seed, epoch=epoch,
                                         start_batch=index))
+        batch = {k: np.repeat(v, group, axis=0) for k, v in batch.items()}  # a prompt's samples are adjacent
         t0 = time.perf_counter()
         with jax.set_mesh(mesh):
             gen = sample((state.actor.params, state.actor.buffers), batch["input_ids"],

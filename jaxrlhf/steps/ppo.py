@@ -42,6 +42,8 @@ class PPOHyper:
     whiten_advantages: bool = True
     missing_eos_penalty: float | None = -1.0  # added to the score of responses without EOS
     score_clip: float = 0.0  # > 0: clip scores to [-score_clip, score_clip]
+    group_size: int = 1  # consecutive rows sampled from the same prompt
+    group_baseline: bool = False  # subtract the mean score of the prompt's other samples (RLOO)
 
     def __post_init__(self):
         if self.kl_estimator not in ("k1", "k3"):
@@ -50,6 +52,10 @@ class PPOHyper:
             raise ValueError("PPO samples with temperature > 0")
         if self.epochs < 1 or self.minibatches < 1:
             raise ValueError("epochs and minibatches must be >= 1")
+        if self.group_size < 1:
+            raise ValueError(f"group_size must be >= 1, got {self.group_size}")
+        if self.group_baseline and self.group_size < 2:
+            raise ValueError("group_baseline needs group_size >= 2 (samples per prompt)")
 
 
 @flax.struct.dataclass
@@ -103,15 +109,27 @@ def response_values(params, buffers, graphdef, input_ids, attention_mask, prompt
     return critic.token_values(input_ids, attention_mask)[:, prompt_len - 1:-1]
 
 
+def leave_one_out_baseline(scores, group_size: int):
+    """Each row's score minus the mean score of the other rows sampled from its prompt
+    (RLOO, Ahmadian et al. 2024). scores: [B], rows grouped contiguously by prompt."""
+    groups = scores.reshape(-1, group_size)  # [B / G, G]
+    others = (groups.sum(axis=1, keepdims=True) - groups) / (group_size - 1)
+    return (groups - others).reshape(-1)
+
+
 def shape_rewards(scores, log_probs, ref_log_probs, response_mask, finished, kl_coef, hyper: PPOHyper):
-    """Per-token rewards [B, N]: -beta * KL_t on every token, plus the (penalised, clipped)
-    sequence score at the last real token. scores, finished: [B]."""
+    """Per-token rewards [B, N]: -beta * KL_t on every token, plus the (penalised, clipped,
+    optionally group-centred) sequence score at the last real token. scores, finished: [B]."""
     mask = response_mask.astype(jnp.float32)
     kl = kl_penalty(log_probs, ref_log_probs, hyper.kl_estimator) * mask
     if hyper.missing_eos_penalty is not None:
         scores = jnp.where(finished, scores, scores + hyper.missing_eos_penalty)
     if hyper.score_clip > 0:
         scores = jnp.clip(scores, -hyper.score_clip, hyper.score_clip)
+    if hyper.group_baseline:
+        # what a prompt's answers share (its limit, its paragraph) cancels: only how this
+        # answer did against its siblings remains for the critic and policy to explain
+        scores = leave_one_out_baseline(scores, hyper.group_size)
     last = jnp.maximum(mask.sum(axis=1).astype(jnp.int32) - 1, 0)
     at_last = jax.nn.one_hot(last, mask.shape[1]) * mask
     return -kl_coef * kl + scores[:, None] * at_last, kl, scores
