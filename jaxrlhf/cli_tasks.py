@@ -72,6 +72,8 @@ def add_data(sub) -> None:
     lc.add_argument("--n-ppo-prompts", type=int, default=1000)
     lc.add_argument("--paragraph-chars", type=int, nargs=2, default=(60, 200), metavar=("MIN", "MAX"),
                     help="length range of the embedded paragraphs (default: 60 200)")
+    lc.add_argument("--sft-noise", type=float, default=None, metavar="STD",
+                    help="spread of the SFT answers' relative length error (default: 0.10)")
     lc.set_defaults(run=run_data_length_control)
 
 
@@ -80,7 +82,8 @@ def run_data_length_control(args) -> int:
 
     files = build_length_control_data(args.out, seed=args.seed, source=args.source, n_sft=args.n_sft,
                                       n_rm=args.n_rm, n_test=args.n_test, n_ppo_prompts=args.n_ppo_prompts,
-                                      paragraph_chars=tuple(args.paragraph_chars))
+                                      paragraph_chars=tuple(args.paragraph_chars),
+                                      **({} if args.sft_noise is None else {"sft_noise": args.sft_noise}))
     for name, path in sorted(files.items()):
         print(f"{name:<12} {path}")
     return 0

@@ -455,3 +455,17 @@ def test_demo_reward_model_reads_where_ppo_scores(tmp_path):
                                 tmp_path, data)
         assert configs["rm"].data.append_eos is expected
         assert [r.include_eos for r in configs["ppo"].rewards] == [expected]
+
+
+def test_data_command_takes_the_sft_noise(tmp_path, capsys):
+    from jaxrlhf.cli import main
+
+    args = ["data", "length-control", "--n-sft", "200", "--n-rm", "10", "--n-test", "10", "--n-ppo-prompts", "10"]
+    assert main([*args, "--out", str(tmp_path / "exact"), "--sft-noise", "0"]) == 0
+    assert main([*args, "--out", str(tmp_path / "default")]) == 0
+    exact = json.loads((tmp_path / "exact" / "meta.json").read_text(encoding="utf-8"))
+    default = json.loads((tmp_path / "default" / "meta.json").read_text(encoding="utf-8"))
+    assert exact["sft_noise"] == 0.0 and default["sft_noise"] == 0.10
+    assert exact["sft_mean_score"] > default["sft_mean_score"]
+    with pytest.raises(ValueError, match="sft_noise"):
+        build_length_control_data(tmp_path / "bad", seed=0, **SMALL, sft_noise=-0.1)

@@ -70,8 +70,12 @@ class DemoConfig:
     ppo: dict = dataclasses.field(default_factory=lambda: {
         "rollout": {"max_new_tokens": 120, "temperature": 1.0},
         "kl": {"coef": 0.05},
-        "train": {"iterations": 40, "batch_size": 32, "epochs": 2, "minibatches": 2,
-                  "save_every": 10, "actor_optim": {"learning_rate": 3.0e-4, "schedule": "constant"},
+        # 4 answers per prompt, each scored against its siblings: the RM's level differs by
+        # limit (short limits score higher throughout), which a shared critic must otherwise
+        # learn first. Measured on one SFT + RM: 0.587 without; 0.706 with (32 answers x 2
+        # epochs x 40 iterations); 0.798 with 64 fresh answers x 1 epoch x 30 iterations
+        "train": {"iterations": 30, "batch_size": 64, "samples_per_prompt": 4, "group_baseline": True,
+                  "epochs": 1, "minibatches": 2, "save_every": 10, "actor_optim": {"learning_rate": 3.0e-4, "schedule": "constant"},
                   "critic_optim": {"learning_rate": 5.0e-4, "schedule": "constant"}}})
     dpo: dict = dataclasses.field(default_factory=lambda: {
         "train": {"epochs": 1, "batch_size": 8, "log_every": 10,

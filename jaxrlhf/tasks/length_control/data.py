@@ -283,6 +283,8 @@ def build_length_control_data(out_dir, *, seed: int = 0, source=None, n_sft: int
         raise ValueError(f"need 1 <= min_limit <= max_limit <= 999, got {min_limit}, {max_limit}")
     if limit_step < 1:
         raise ValueError(f"limit_step must be >= 1, got {limit_step}")
+    if not 0.0 <= sft_noise <= 0.5:
+        raise ValueError(f"sft_noise must be in [0, 0.5] (a relative error's std), got {sft_noise}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     corpus_rng, test_rng, sft_rng, rm_rng, ppo_rng = (
