@@ -10,8 +10,9 @@ stopping has become more likely than the next character, past the middle of that
 (measured: median length 1.24x the limit, mean score 0.43; with a 15% spread 1.4x, 0.22).
 Each RM row holds three drafts of one compression cut at different lengths (near the
 limit, too short, too long), ranked by the rule (:func:`rm_row`), so that length against
-the limit is what the reward model has to learn; DPO pairs are the best and worst of each. Test paragraphs are never used for
-training. The same seed always gives byte-identical files.
+the limit is what the reward model has to learn; DPO pairs are the best and worst of each.
+Test paragraphs are never used for training. The same seed always gives byte-identical
+files.
 
 Run: ``python -m jaxrlhf.tasks.length_control.data --out data/lc [--source a.txt b.jsonl]``.
 """
