@@ -15,7 +15,7 @@ from jaxrlhf.tasks.length_control import (SCORE_LEVELS, TEMPLATES, build_char_to
                                           chinese_number, chinese_numeral, count_chars, evaluate_predictions,
                                           format_distribution, make_compression, parse_limit, score, split_clauses)
 from jaxrlhf.tasks.length_control.corpus import generate_paragraph
-from jaxrlhf.tasks.length_control.data import _whole, rm_row, sft_row
+from jaxrlhf.tasks.length_control.data import RM_BEST_ERROR, _whole, rm_row, sft_row
 from jaxrlhf.tasks.length_control.data import main as data_main
 
 SMALL = dict(n_sft=60, n_rm=30, n_test=20, n_ppo_prompts=15)
@@ -225,7 +225,7 @@ def test_rm_rows_are_drafts_of_one_compression_on_both_sides_of_the_limit():
         if max(counts) == count_chars(_whole(paragraph)):
             continue  # the long draft hit the whole paragraph: no cut clause to compare
         # one near the limit (up to one character of rounding), one under it, one over it
-        assert abs(counts[0] - limit) <= max(1, round(0.04 * limit) + 1), (limit, answers)
+        assert abs(counts[0] - limit) <= max(1, round(RM_BEST_ERROR * limit) + 1), (limit, answers)
         sides["short"] += min(counts) < limit
         sides["long"] += max(counts) > limit
         # the same clauses in the same order: a shorter draft's whole clauses are in the longer one
