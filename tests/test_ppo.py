@@ -104,6 +104,63 @@ def test_ppo_with_several_samples_per_prompt_and_a_group_baseline_learns(setup, 
     assert all(abs(h["shaped_score"]) < 1e-5 for h in history)
 
 
+def test_critic_free_ppo_learns_and_resumes_without_a_value_model(setup, tmp_path):
+    model, prompts = setup
+    extra = "  samples_per_prompt: 4\n  group_baseline: true\n  use_critic: false\n  save_every: 10"
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=50, extra=extra)
+    assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) == 0
+    history = json.loads((tmp_path / "run" / "results.json").read_text())["history"]
+    start = np.mean([h["score"] for h in history[:3]])
+    end = np.mean([h["score"] for h in history[-5:]])
+    assert start < 0.4 and end >= 0.75, (start, end)
+    assert "value_loss" not in history[-1] and "critic_grad_norm" not in history[-1]
+    assert all(abs(h["return_mean"]) < 1.0 for h in history)
+    assert not (tmp_path / "run" / "critic").exists()
+    assert not (tmp_path / "run" / "ppo_value_loss.png").exists()
+    # a critic-free state (critic None) checkpoints and resumes: 50 -> 55 iterations
+    assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}",
+                 "--set", "train.iterations=55", "--resume"]) == 0
+
+
+def test_critic_free_ppo_needs_the_group_baseline(setup, tmp_path):
+    model, prompts = setup
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=1, extra="  use_critic: false")
+    assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) != 0
+
+
+def test_rollout_from_sampler_log_probs_equals_recomputed(setup):
+    from jaxrlhf.steps.ppo import PPOHyper, make_rollout
+    from jaxrlhf.stages.ppo import init_ppo_state
+    from jaxrlhf.sharding import MeshConfig, make_mesh
+    from jaxrlhf.steps.common import OptimConfig, make_optimizer
+
+    model_dir, _ = setup
+    model = from_pretrained(model_dir)
+    graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
+    ids = np.array([[0, 0, 20, 21, 22], [0, 23, 24, 25, 26], [27, 28, 29, 30, 4], [0, 0, 0, 31, 32]], np.int32)
+    mask = (ids != 0).astype(np.int32)
+    gen = jax.jit(functools.partial(generate, graphdef, config=SamplingConfig(max_new_tokens=8, temperature=0.8),
+                                    eos_id=2, pad_id=0))((params, buffers), ids, mask, jax.random.key(5))
+    tx = make_optimizer(OptimConfig(learning_rate=1e-3), 1)
+    mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
+    state, _ = init_ppo_state(params, buffers, None, None, tx, None, kl_coef=0.1, seed=0, mesh=mesh)
+    hyper = PPOHyper(temperature=0.8, group_size=2, group_baseline=True, use_critic=False)
+    full = np.concatenate([ids, np.asarray(gen.tokens)], axis=1)
+    full_mask = np.concatenate([mask, np.asarray(gen.mask)], axis=1)
+    # the reference differs from the actor so that the KL terms are not zero
+    ref_params = jax.tree.map(lambda x: x * 1.05, params)
+    scores = np.array([0.2, 0.9, 0.5, 0.1], np.float32)
+    fn = functools.partial(make_rollout, state, (ref_params, buffers), full, full_mask, gen.mask, scores,
+                           gen.finished, actor_graphdef=graphdef, critic_graphdef=None, prompt_len=5, hyper=hyper)
+    recomputed, m1 = fn(None)
+    reused, m2 = fn(gen.log_probs)
+    for name in ("old_log_probs", "advantages", "returns"):
+        np.testing.assert_allclose(getattr(reused, name), getattr(recomputed, name), atol=1e-5, err_msg=name)
+    assert np.all(np.asarray(reused.values) == 0)
+    np.testing.assert_allclose(m2["kl"], m1["kl"], atol=1e-5)
+    assert m1["entropy"] > 0 and m2["entropy"] > 0  # exact vs Monte-Carlo: both positive, not equal
+
+
 def test_samples_per_prompt_must_divide_the_batch(setup, tmp_path):
     model, prompts = setup
     cfg = ppo_yaml(tmp_path, model, prompts, iterations=1, batch=30, minibatches=2,

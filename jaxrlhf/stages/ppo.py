@@ -56,6 +56,8 @@ class PPOTrainConfig:
     batch_size: int = 16  # responses per iteration (batch_size / samples_per_prompt prompts)
     samples_per_prompt: int = 1  # responses sampled from each prompt
     group_baseline: bool = False  # score minus the mean of the prompt's other responses (RLOO)
+    use_critic: bool = True  # False: no value model (needs group_baseline); saves ~40% of a step
+    recompute_log_probs: bool = False  # True: the trainer recomputes the sampler's log-probs
     epochs: int = 4  # PPO epochs over each rollout
     minibatches: int = 4
     clip_ratio: float = 0.2
@@ -81,6 +83,9 @@ class PPOTrainConfig:
                              f"{self.samples_per_prompt}")
         if self.group_baseline and self.samples_per_prompt < 2:
             raise ValueError("group_baseline compares a prompt's responses: it needs samples_per_prompt >= 2")
+        if not self.use_critic and not self.group_baseline:
+            raise ValueError("use_critic=false leaves the prompt's other responses as the only baseline: "
+                             "it needs group_baseline=true (and samples_per_prompt >= 2)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -90,6 +95,7 @@ class PPOConfig:
     tokenizer: str | None = None  # default: model.path
     reference_path: str | None = None  # default: model.path (the SFT policy)
     critic_path: str | None = None  # default: the reward model if there is one, else model.path
+    #                                 (unused with train.use_critic false)
     critic_zero_head: bool = True  # value head starts at zero; false keeps a reward model's head
     model: ModelConfig = ModelConfig()
     mesh: MeshConfig = MeshConfig()
@@ -182,7 +188,8 @@ def init_ppo_state(actor_params, actor_buffers, critic_params, critic_buffers, a
     def init():
         return PPOState(iteration=jnp.zeros((), jnp.int32),
                         actor=init_train_state(actor_params, actor_buffers, actor_tx, seed),
-                        critic=init_train_state(critic_params, critic_buffers, critic_tx, seed + 1),
+                        critic=(None if critic_params is None else
+                                init_train_state(critic_params, critic_buffers, critic_tx, seed + 1)),
                         kl_coef=jnp.asarray(kl_coef, jnp.float32),
                         rng=jax.random.key_data(jax.random.key(seed)))
 
@@ -190,7 +197,8 @@ def init_ppo_state(actor_params, actor_buffers, critic_params, critic_buffers, a
     replicated = NamedSharding(mesh, P())
     shardings = PPOState(iteration=replicated,
                          actor=train_state_shardings(abstract.actor, mesh, actor_tx),
-                         critic=train_state_shardings(abstract.critic, mesh, critic_tx),
+                         critic=(None if critic_params is None else
+                                 train_state_shardings(abstract.critic, mesh, critic_tx)),
                          kl_coef=replicated, rng=replicated)
     with jax.set_mesh(mesh):
         state = jax.jit(init, out_shardings=shardings)()
@@ -229,18 +237,22 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
     reference = from_pretrained(cfg.reference_path or cfg.model.path, **common)
     model_rewards = [r for r in cfg.rewards if r.kind == "model"]
     critic_path = cfg.critic_path or (model_rewards[0].path if model_rewards else cfg.model.path)
-    critic = reward_model_from_pretrained(critic_path, remat=cfg.model.remat, zero_init=True, seed=cfg.seed, **common)
-    if cfg.critic_zero_head:  # a reward model's head predicts scores, not returns: start from zero
-        critic.score.set_value(jnp.zeros_like(critic.score.get_value()))
+    critic = None
+    if cfg.train.use_critic:
+        critic = reward_model_from_pretrained(critic_path, remat=cfg.model.remat, zero_init=True, seed=cfg.seed,
+                                              **common)
+        if cfg.critic_zero_head:  # a reward model's head predicts scores, not returns: start from zero
+            critic.score.set_value(jnp.zeros_like(critic.score.get_value()))
     scorer = Scorer(cfg.rewards, tokenizer=tokenizer, policy_vocab=actor.config.vocab_size,
                     mesh=mesh, dtype=cfg.model.dtype)
 
     iterations = cfg.train.iterations
     updates = iterations * cfg.train.epochs * cfg.train.minibatches
     actor_tx = make_optimizer(cfg.train.actor_optim, updates)
-    critic_tx = make_optimizer(cfg.train.critic_optim, updates)
+    critic_tx = make_optimizer(cfg.train.critic_optim, updates) if critic is not None else None
     actor_graphdef, actor_params, actor_buffers = nnx.split(actor, nnx.Param, ...)
-    critic_graphdef, critic_params, critic_buffers = nnx.split(critic, nnx.Param, ...)
+    critic_graphdef, critic_params, critic_buffers = (nnx.split(critic, nnx.Param, ...) if critic is not None
+                                                      else (None, None, None))
     _, ref_params, ref_buffers = nnx.split(reference, nnx.Param, ...)
     ref = (ref_params, ref_buffers)
     state, state_sh = init_ppo_state(actor_params, actor_buffers, critic_params, critic_buffers,
@@ -255,7 +267,8 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
                      entropy_coef=cfg.train.entropy_coef, epochs=cfg.train.epochs,
                      minibatches=cfg.train.minibatches, whiten_advantages=cfg.train.whiten_advantages,
                      missing_eos_penalty=cfg.train.missing_eos_penalty, score_clip=cfg.train.score_clip,
-                     group_size=group, group_baseline=cfg.train.group_baseline)
+                     group_size=group, group_baseline=cfg.train.group_baseline,
+                     use_critic=cfg.train.use_critic)
     prompt_len = cfg.data.max_prompt_length
     sample = jax.jit(functools.partial(generate, actor_graphdef, config=cfg.rollout, eos_id=eos_id,
                                        pad_id=pad_id))
@@ -292,7 +305,8 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
         t2 = time.perf_counter()
         with jax.set_mesh(mesh):
             rollout, rollout_metrics = rollout_fn(state, ref, input_ids, attention_mask, gen.mask,
-                                                  jnp.asarray(scores), gen.finished)
+                                                  jnp.asarray(scores), gen.finished,
+                                                  None if cfg.train.recompute_log_probs else gen.log_probs)
             state, train_metrics = update_fn(state, rollout)
             kl = rollout_metrics["kl"]
             state = state.replace(kl_coef=adaptive_kl_coef(state.kl_coef, kl, target=cfg.kl.target,
@@ -320,12 +334,14 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
 
     final = nnx.merge(actor_graphdef, state.actor.params, state.actor.buffers)
     save_pretrained(final, out / "final", tokenizer=tokenizer)
-    save_pretrained(nnx.merge(critic_graphdef, state.critic.params, state.critic.buffers), out / "critic")
+    if state.critic is not None:
+        save_pretrained(nnx.merge(critic_graphdef, state.critic.params, state.critic.buffers), out / "critic")
     results = {"steps": iterations, "iterations": iterations, "history": history,
                "data": {"prompts": report.as_dict()}, "final_model": str(out / "final")}
     if history:
         last = history[-1]
-        results["eval"] = {k: last[k] for k in ("score", "kl", "response_length", "policy_loss", "value_loss")}
+        results["eval"] = {k: last[k] for k in ("score", "kl", "response_length", "policy_loss", "value_loss")
+                           if k in last}
     if jax.process_index() == 0:
         (out / "results.json").write_text(json.dumps(results, indent=2))
         plot_curves(history, out)
@@ -334,7 +350,7 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
 
 
 def plot_curves(history: list[dict], out: Path) -> list[Path]:
-    """PNG curves of reward, KL, policy loss and value loss over iterations (all iterations
+    """PNG curves of reward, KL, policy loss and value loss (with a critic) over iterations (all iterations
     of this process's history; a resumed run plots from metrics.jsonl)."""
     import matplotlib
     matplotlib.use("Agg")
@@ -352,6 +368,8 @@ def plot_curves(history: list[dict], out: Path) -> list[Path]:
                        ("policy_loss", "policy loss"), ("value_loss", "value loss")):
         xs = [r["iteration"] for r in rows if key in r]
         ys = [r[key] for r in rows if key in r]
+        if not xs:  # e.g. value_loss of a critic-free run
+            continue
         fig, ax = plt.subplots(figsize=(5, 3.2), dpi=100)
         ax.plot(xs, ys, lw=1.5)
         ax.set_xlabel("iteration")

@@ -44,6 +44,7 @@ class PPOHyper:
     score_clip: float = 0.0  # > 0: clip scores to [-score_clip, score_clip]
     group_size: int = 1  # consecutive rows sampled from the same prompt
     group_baseline: bool = False  # subtract the mean score of the prompt's other samples (RLOO)
+    use_critic: bool = True  # False: no value model; advantages are KL-shaped returns-to-go
 
     def __post_init__(self):
         if self.kl_estimator not in ("k1", "k3"):
@@ -56,13 +57,16 @@ class PPOHyper:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if self.group_baseline and self.group_size < 2:
             raise ValueError("group_baseline needs group_size >= 2 (samples per prompt)")
+        if not self.use_critic and not self.group_baseline:
+            raise ValueError("without a critic the prompt's other samples are the only baseline: "
+                             "use_critic=False needs group_baseline=True")
 
 
 @flax.struct.dataclass
 class PPOState:
     iteration: jax.Array  # [] int32
     actor: TrainState
-    critic: TrainState
+    critic: TrainState | None  # None: critic-free (group baseline only)
     kl_coef: jax.Array  # [] float32, adapted by the KL controller
     rng: jax.Array  # [2] uint32
 
@@ -74,9 +78,9 @@ class Rollout:
     input_ids: jax.Array  # [B, P + N] prompt (left-padded) + response
     attention_mask: jax.Array  # [B, P + N]
     response_mask: jax.Array  # [B, N] 1 on generated tokens up to and including EOS
-    old_log_probs: jax.Array  # [B, N] actor log-probs (recomputed by the trainer)
+    old_log_probs: jax.Array  # [B, N] actor log-probs of the behaviour policy
     ref_log_probs: jax.Array  # [B, N]
-    values: jax.Array  # [B, N]
+    values: jax.Array  # [B, N] (zeros without a critic)
     advantages: jax.Array  # [B, N]
     returns: jax.Array  # [B, N]
 
@@ -136,51 +140,70 @@ def shape_rewards(scores, log_probs, ref_log_probs, response_mask, finished, kl_
 
 
 def make_rollout(state: PPOState, reference: tuple, input_ids, attention_mask, response_mask,
-                 scores, finished, *, actor_graphdef, critic_graphdef, prompt_len: int,
-                 hyper: PPOHyper) -> tuple[Rollout, dict]:
+                 scores, finished, sampler_log_probs=None, *, actor_graphdef, critic_graphdef,
+                 prompt_len: int, hyper: PPOHyper) -> tuple[Rollout, dict]:
     """Everything PPO needs about a batch of sampled responses, and its metrics.
 
-    input_ids, attention_mask: [B, P + N]; response_mask: [B, N]; scores, finished: [B].
+    input_ids, attention_mask: [B, P + N]; response_mask: [B, N]; scores, finished: [B];
+    sampler_log_probs: [B, N] or None. The sampler's log-probs are the behaviour policy's
+    (same weights, same temperature, unfiltered softmax); given, they save one actor
+    forward, and the entropy metric is their Monte-Carlo estimate (E[-log p(x)] over the
+    sampled tokens). None: recomputed here, with the exact entropy.
     """
     fwd = functools.partial(response_log_probs_and_entropy, input_ids=input_ids,
                             attention_mask=attention_mask, prompt_len=prompt_len,
                             temperature=hyper.temperature)
-    old_log_probs, entropy = fwd(state.actor.params, state.actor.buffers, actor_graphdef)
+    mask = response_mask.astype(jnp.float32)
+    metrics = {}
+    if sampler_log_probs is None:
+        old_log_probs, entropy = fwd(state.actor.params, state.actor.buffers, actor_graphdef)
+        metrics["entropy"] = masked_mean(entropy, mask)
+    else:
+        old_log_probs = sampler_log_probs * mask
+        metrics["entropy"] = -masked_mean(old_log_probs, mask)
     ref_log_probs, _ = fwd(jax.lax.stop_gradient(reference[0]), reference[1], actor_graphdef)
-    values = response_values(state.critic.params, state.critic.buffers, critic_graphdef,
-                             input_ids, attention_mask, prompt_len)
     rewards, kl, shaped_scores = shape_rewards(scores, old_log_probs, ref_log_probs, response_mask,
                                                finished, state.kl_coef, hyper)
-    advantages, returns = compute_gae(rewards, values, response_mask, hyper.gamma, hyper.lam)
+    if hyper.use_critic:
+        values = response_values(state.critic.params, state.critic.buffers, critic_graphdef,
+                                 input_ids, attention_mask, prompt_len)
+        advantages, returns = compute_gae(rewards, values, response_mask, hyper.gamma, hyper.lam)
+    else:  # REINFORCE with the group baseline: every token gets its KL-shaped return-to-go
+        values = jnp.zeros_like(rewards)
+        advantages, returns = compute_gae(rewards, values, response_mask, hyper.gamma, 1.0)
     if hyper.whiten_advantages:
         advantages = masked_whiten(advantages, response_mask)
-    mask = response_mask.astype(jnp.float32)
     rollout = Rollout(input_ids, attention_mask, response_mask, old_log_probs, ref_log_probs,
                       values, advantages, returns)
-    metrics = {
+    metrics.update({
         "score": scores.mean(), "score_std": scores.std(), "shaped_score": shaped_scores.mean(),
-        "kl": (kl.sum(axis=1)).mean(), "entropy": masked_mean(entropy, mask),
-        "response_length": mask.sum(axis=1).mean(), "eos_fraction": finished.mean(),
-        "kl_coef": state.kl_coef, "value_mean": masked_mean(values, mask),
+        "kl": (kl.sum(axis=1)).mean(), "response_length": mask.sum(axis=1).mean(),
+        "eos_fraction": finished.mean(), "kl_coef": state.kl_coef,
         "return_mean": masked_mean(returns, mask),
-    }
+    })
+    if hyper.use_critic:
+        metrics["value_mean"] = masked_mean(values, mask)
     return rollout, metrics
 
 
 def ppo_minibatch_losses(actor_params, critic_params, state: PPOState, batch: Rollout, *,
                          actor_graphdef, critic_graphdef, prompt_len: int, hyper: PPOHyper):
+    """(policy loss, weighted value loss, metrics); the value loss is 0 without a critic
+    (``critic_params`` None)."""
     log_probs, entropy = response_log_probs_and_entropy(
         actor_params, state.actor.buffers, actor_graphdef, batch.input_ids, batch.attention_mask,
         prompt_len, hyper.temperature)
-    values = response_values(critic_params, state.critic.buffers, critic_graphdef,
-                             batch.input_ids, batch.attention_mask, prompt_len)
     mask = batch.response_mask
     pg_loss, pg_metrics = ppo_policy_loss(log_probs, batch.old_log_probs, batch.advantages, mask,
                                           hyper.clip_ratio)
-    vf_loss, vf_metrics = ppo_value_loss(values, batch.values, batch.returns, mask, hyper.clip_value)
     entropy = masked_mean(entropy, mask)
-    metrics = {"policy_loss": pg_loss, "value_loss": vf_loss, "policy_entropy": entropy,
-               **pg_metrics, **vf_metrics}
+    metrics = {"policy_loss": pg_loss, "policy_entropy": entropy, **pg_metrics}
+    vf_loss = jnp.zeros((), jnp.float32)
+    if critic_params is not None:
+        values = response_values(critic_params, state.critic.buffers, critic_graphdef,
+                                 batch.input_ids, batch.attention_mask, prompt_len)
+        vf_loss, vf_metrics = ppo_value_loss(values, batch.values, batch.returns, mask, hyper.clip_value)
+        metrics.update(value_loss=vf_loss, **vf_metrics)
     return pg_loss - hyper.entropy_coef * entropy, hyper.vf_coef * vf_loss, metrics
 
 
@@ -208,13 +231,15 @@ def ppo_update(state: PPOState, rollout: Rollout, *, actor_graphdef, critic_grap
             pg, vf, m = losses(params[0], params[1], current, batch)
             return pg + vf, (pg, vf, m)
 
+        critic_params = critic.params if critic is not None else None
         (_, (pg, vf, metrics)), (actor_grads, critic_grads) = jax.value_and_grad(
-            joint_loss, has_aux=True)((actor.params, critic.params))
+            joint_loss, has_aux=True)((actor.params, critic_params))
         actor, actor_update = apply_gradients(actor, actor_grads, pg, actor_tx)
-        critic, critic_update = apply_gradients(critic, critic_grads, vf, critic_tx)
-        metrics = dict(metrics, actor_grad_norm=actor_update["grad_norm"],
-                       critic_grad_norm=critic_update["grad_norm"],
-                       skipped=jnp.maximum(actor_update["skipped"], critic_update["skipped"]))
+        metrics = dict(metrics, actor_grad_norm=actor_update["grad_norm"], skipped=actor_update["skipped"])
+        if critic is not None:
+            critic, critic_update = apply_gradients(critic, critic_grads, vf, critic_tx)
+            metrics.update(critic_grad_norm=critic_update["grad_norm"],
+                           skipped=jnp.maximum(actor_update["skipped"], critic_update["skipped"]))
         return (actor, critic), metrics
 
     def epoch(carry, epoch_orders):
