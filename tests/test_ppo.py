@@ -144,7 +144,7 @@ def test_rollout_from_sampler_log_probs_equals_recomputed(setup):
     tx = make_optimizer(OptimConfig(learning_rate=1e-3), 1)
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
     state, _ = init_ppo_state(params, buffers, None, None, tx, None, kl_coef=0.1, seed=0, mesh=mesh)
-    hyper = PPOHyper(temperature=0.8, group_size=2, group_baseline=True, use_critic=False)
+    hyper = PPOHyper(temperature=0.8, group_size=2, group_baseline=True)
     full = np.concatenate([ids, np.asarray(gen.tokens)], axis=1)
     full_mask = np.concatenate([mask, np.asarray(gen.mask)], axis=1)
     # the reference differs from the actor so that the KL terms are not zero

@@ -267,8 +267,7 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
                      entropy_coef=cfg.train.entropy_coef, epochs=cfg.train.epochs,
                      minibatches=cfg.train.minibatches, whiten_advantages=cfg.train.whiten_advantages,
                      missing_eos_penalty=cfg.train.missing_eos_penalty, score_clip=cfg.train.score_clip,
-                     group_size=group, group_baseline=cfg.train.group_baseline,
-                     use_critic=cfg.train.use_critic)
+                     group_size=group, group_baseline=cfg.train.group_baseline)
     prompt_len = cfg.data.max_prompt_length
     sample = jax.jit(functools.partial(generate, actor_graphdef, config=cfg.rollout, eos_id=eos_id,
                                        pad_id=pad_id))

@@ -44,7 +44,6 @@ class PPOHyper:
     score_clip: float = 0.0  # > 0: clip scores to [-score_clip, score_clip]
     group_size: int = 1  # consecutive rows sampled from the same prompt
     group_baseline: bool = False  # subtract the mean score of the prompt's other samples (RLOO)
-    use_critic: bool = True  # False: no value model; advantages are KL-shaped returns-to-go
 
     def __post_init__(self):
         if self.kl_estimator not in ("k1", "k3"):
@@ -57,16 +56,13 @@ class PPOHyper:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if self.group_baseline and self.group_size < 2:
             raise ValueError("group_baseline needs group_size >= 2 (samples per prompt)")
-        if not self.use_critic and not self.group_baseline:
-            raise ValueError("without a critic the prompt's other samples are the only baseline: "
-                             "use_critic=False needs group_baseline=True")
 
 
 @flax.struct.dataclass
 class PPOState:
     iteration: jax.Array  # [] int32
     actor: TrainState
-    critic: TrainState | None  # None: critic-free (group baseline only)
+    critic: TrainState | None  # None: critic-free, advantages are KL-shaped returns-to-go
     kl_coef: jax.Array  # [] float32, adapted by the KL controller
     rng: jax.Array  # [2] uint32
 
@@ -164,7 +160,7 @@ def make_rollout(state: PPOState, reference: tuple, input_ids, attention_mask, r
     ref_log_probs, _ = fwd(jax.lax.stop_gradient(reference[0]), reference[1], actor_graphdef)
     rewards, kl, shaped_scores = shape_rewards(scores, old_log_probs, ref_log_probs, response_mask,
                                                finished, state.kl_coef, hyper)
-    if hyper.use_critic:
+    if state.critic is not None:
         values = response_values(state.critic.params, state.critic.buffers, critic_graphdef,
                                  input_ids, attention_mask, prompt_len)
         advantages, returns = compute_gae(rewards, values, response_mask, hyper.gamma, hyper.lam)
@@ -181,7 +177,7 @@ def make_rollout(state: PPOState, reference: tuple, input_ids, attention_mask, r
         "eos_fraction": finished.mean(), "kl_coef": state.kl_coef,
         "return_mean": masked_mean(returns, mask),
     })
-    if hyper.use_critic:
+    if state.critic is not None:
         metrics["value_mean"] = masked_mean(values, mask)
     return rollout, metrics
 
