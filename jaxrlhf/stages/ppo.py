@@ -58,6 +58,9 @@ class PPOTrainConfig:
     group_baseline: bool = False  # score minus the mean of the prompt's other responses (RLOO)
     use_critic: bool = True  # False: no value model (needs group_baseline); saves ~40% of a step
     recompute_log_probs: bool = False  # True: the trainer recomputes the sampler's log-probs
+    # [lo, hi]: a prompt's samples continue one shared prefix, a first sample cut at a fraction
+    # U(lo, hi) of its length; only the continuations are trained (stages/ppo_branch.py)
+    branch_at: tuple[float, float] | None = None
     epochs: int = 4  # PPO epochs over each rollout
     minibatches: int = 4
     clip_ratio: float = 0.2
@@ -83,6 +86,12 @@ class PPOTrainConfig:
                              f"{self.samples_per_prompt}")
         if self.group_baseline and self.samples_per_prompt < 2:
             raise ValueError("group_baseline compares a prompt's responses: it needs samples_per_prompt >= 2")
+        if self.branch_at is not None:
+            if len(self.branch_at) != 2 or not 0.0 <= self.branch_at[0] < self.branch_at[1] <= 1.0:
+                raise ValueError(f"branch_at must be [lo, hi] with 0 <= lo < hi <= 1, got {list(self.branch_at)}")
+            if self.samples_per_prompt < 2:
+                raise ValueError("branch_at samples several continuations of one prefix: it needs "
+                                 "samples_per_prompt >= 2")
         if not self.use_critic and not self.group_baseline:
             raise ValueError("use_critic=false leaves the prompt's other responses as the only baseline: "
                              "it needs group_baseline=true (and samples_per_prompt >= 2)")
@@ -176,6 +185,30 @@ class Scorer:
 # --------------------------------------------------------------------------- the run
 
 
+def _sample_rollout(sample, params, batch: dict, group: int, key, branch_at, rng: np.random.Generator,
+                    pad_id: int):
+    """``group`` responses per prompt of ``batch`` (one row per prompt) as a host-side
+    :class:`~jaxrlhf.stages.ppo_branch.Branched`, and the shared prefix lengths (None
+    unless branched). Plain: independent samples, every token trained. Branched: see
+    :mod:`jaxrlhf.stages.ppo_branch`."""
+    from jaxrlhf.stages.ppo_branch import Branched, branch_points, branch_prompts, join_branches
+
+    ids, mask = batch["input_ids"], batch["attention_mask"]
+    if branch_at is None:
+        gen = jax.block_until_ready(sample(params, np.repeat(ids, group, axis=0), np.repeat(mask, group, axis=0),
+                                           key))  # stays on device (sharded over every host)
+        return Branched(gen.tokens, gen.log_probs, gen.mask, gen.mask, gen.finished), None
+    first_key, key = jax.random.split(key)
+    first = jax.device_get(sample(params, ids, mask, first_key))
+    cuts = branch_points(first.mask, first.finished, tuple(branch_at), rng)
+    branch_ids, branch_mask = branch_prompts(ids, mask, first.tokens, cuts, pad_id)
+    cont = jax.device_get(sample(params, np.repeat(branch_ids, group, axis=0),
+                                 np.repeat(branch_mask, group, axis=0), key))
+    cuts = np.repeat(cuts, group)
+    return join_branches(np.repeat(first.tokens, group, axis=0), cuts, cont.tokens, cont.log_probs, cont.mask,
+                         cont.finished, pad_id), cuts
+
+
 def init_ppo_state(actor_params, actor_buffers, critic_params, critic_buffers, actor_tx, critic_tx,
                    *, kl_coef: float, seed: int, mesh):
     """The PPO state materialised with explicit shardings (params by their logical axes,
@@ -246,6 +279,8 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
     scorer = Scorer(cfg.rewards, tokenizer=tokenizer, policy_vocab=actor.config.vocab_size,
                     mesh=mesh, dtype=cfg.model.dtype)
 
+    if cfg.train.branch_at is not None and jax.process_count() > 1:
+        raise ConfigError("train.branch_at builds the branched prompts on the host: it runs on one host only")
     iterations = cfg.train.iterations
     updates = iterations * cfg.train.epochs * cfg.train.minibatches
     actor_tx = make_optimizer(cfg.train.actor_optim, updates)
@@ -288,12 +323,12 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
         epoch, index = divmod(it, per_epoch)
         _, batch = next(iterate_batches(prompts, prompts_per_iteration, seed=cfg.seed, epoch=epoch,
                                         start_batch=index))
-        batch = {k: np.repeat(v, group, axis=0) for k, v in batch.items()}  # a prompt's samples are adjacent
         t0 = time.perf_counter()
         with jax.set_mesh(mesh):
-            gen = sample((state.actor.params, state.actor.buffers), batch["input_ids"],
-                         batch["attention_mask"], jax.random.fold_in(base_key, it))
-            gen = jax.block_until_ready(gen)
+            gen, cuts = _sample_rollout(sample, (state.actor.params, state.actor.buffers), batch, group,
+                                        jax.random.fold_in(base_key, it), cfg.train.branch_at,
+                                        np.random.default_rng([cfg.seed, it]), pad_id)
+        batch = {k: np.repeat(v, group, axis=0) for k, v in batch.items()}  # a prompt's samples are adjacent
         t1 = time.perf_counter()
         input_ids = jnp.concatenate([jnp.asarray(batch["input_ids"]), gen.tokens], axis=1)
         attention_mask = jnp.concatenate([jnp.asarray(batch["attention_mask"]), gen.mask], axis=1)
@@ -303,9 +338,9 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
                                             texts, prompt_meta(examples, batch["index"]))
         t2 = time.perf_counter()
         with jax.set_mesh(mesh):
-            rollout, rollout_metrics = rollout_fn(state, ref, input_ids, attention_mask, gen.mask,
-                                                  jnp.asarray(scores), gen.finished,
-                                                  None if cfg.train.recompute_log_probs else gen.log_probs)
+            rollout, rollout_metrics = rollout_fn(state, ref, input_ids, attention_mask, jnp.asarray(gen.train_mask),
+                                                  jnp.asarray(scores), jnp.asarray(gen.finished),
+                                                  None if cfg.train.recompute_log_probs else jnp.asarray(gen.log_probs))
             state, train_metrics = update_fn(state, rollout)
             kl = rollout_metrics["kl"]
             state = state.replace(kl_coef=adaptive_kl_coef(state.kl_coef, kl, target=cfg.kl.target,
@@ -315,7 +350,9 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
         t3 = time.perf_counter()
         metrics = {**to_floats(rollout_metrics), **to_floats(train_metrics), **reward_metrics,
                    "rollout_seconds": t1 - t0, "score_seconds": t2 - t1, "train_seconds": t3 - t2,
-                   "generated_tokens_per_second": float(np.asarray(gen.mask).sum()) / max(t1 - t0, 1e-9)}
+                   "generated_tokens_per_second": float(gen.train_mask.sum()) / max(t1 - t0, 1e-9)}
+        if cuts is not None:  # whole responses (prefix + continuation) and the shared prefix
+            metrics.update(response_length=float(gen.mask.sum(axis=1).mean()), branch_prefix_length=float(cuts.mean()))
         if metrics["skipped"] > 0:
             log.warning("iteration %d: non-finite loss or gradient; those updates were skipped", it + 1)
         history.append({"iteration": it + 1, **metrics})

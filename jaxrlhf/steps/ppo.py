@@ -130,7 +130,8 @@ def shape_rewards(scores, log_probs, ref_log_probs, response_mask, finished, kl_
         # what a prompt's answers share (its limit, its paragraph) cancels: only how this
         # answer did against its siblings remains for the critic and policy to explain
         scores = leave_one_out_baseline(scores, hyper.group_size)
-    last = jnp.maximum(mask.sum(axis=1).astype(jnp.int32) - 1, 0)
+    # the last trained token; the mask need not start at 0 (branched rollouts train a suffix)
+    last = mask.shape[1] - 1 - jnp.argmax(mask[:, ::-1] > 0, axis=1)
     at_last = jax.nn.one_hot(last, mask.shape[1]) * mask
     return -kl_coef * kl + scores[:, None] * at_last, kl, scores
 
