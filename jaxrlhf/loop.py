@@ -44,6 +44,10 @@ class TrainConfig:
     keep_checkpoints: int = 2
     log_every: int = 10
     max_nonfinite_steps: int = 3  # consecutive skipped (NaN/Inf) steps before the run stops
+    # > 0: cut each batch's token axis to the smallest multiple of this that holds its longest
+    # row (less padding computed; one compilation per distinct width). 0: always max_length
+    pad_to_multiple: int = 0
+    group_by_length: bool = False  # batch rows of similar length together (with pad_to_multiple)
     optim: OptimConfig = OptimConfig()
 
     def __post_init__(self):
@@ -54,6 +58,11 @@ class TrainConfig:
                              f"micro_batch_size {self.micro_batch_size}")
         if self.epochs < 1 and self.max_steps < 1:
             raise ValueError("set epochs >= 1 or max_steps >= 1")
+        if self.pad_to_multiple < 0:
+            raise ValueError(f"pad_to_multiple must be >= 0 (0 = no cut), got {self.pad_to_multiple}")
+        if self.group_by_length and not self.pad_to_multiple:
+            raise ValueError("group_by_length only saves work when batches are cut: set pad_to_multiple "
+                             "(e.g. 32) as well")
 
     @property
     def accumulation_steps(self) -> int:

@@ -1,16 +1,15 @@
-"""Ranked examples -> fixed-shape token arrays, and deterministic batching.
+"""Ranked examples -> fixed-shape token arrays, and the train/eval split.
 
 Every sequence is ``prompt tokens + response tokens + [EOS]`` right-padded to exactly
-``max_length`` (one shape, so the reward-model step compiles once). Batching is a pure
-function of ``(seed, epoch, batch index)``, so a run resumed at batch ``b`` of epoch ``e``
-sees exactly the batches the interrupted run would have seen.
+``max_length``; batching (and trimming batches to their longest row) is in
+:mod:`jaxrlhf.data.batching`.
 """
 
 from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 
 import numpy as np
 
@@ -173,37 +172,6 @@ def tokenize_ranked(examples: Sequence[RankedExample], tokenizer, *, max_length:
     for i, ex in enumerate(examples):
         scores[i, :len(ex.scores)] = ex.scores
     return RankedArrays(input_ids, attention_mask, scores, slot_mask)
-
-
-# --------------------------------------------------------------------------- batching
-
-
-def epoch_order(num_rows: int, seed: int, epoch: int) -> np.ndarray:
-    """The row order of one epoch: a permutation that depends only on ``(seed, epoch)``."""
-    return np.random.default_rng([seed, epoch]).permutation(num_rows)
-
-
-def batches_per_epoch(num_rows: int, batch_size: int, drop_last: bool = True) -> int:
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    return num_rows // batch_size if drop_last else -(-num_rows // batch_size)
-
-
-def iterate_batches(data: RankedArrays, batch_size: int, *, seed: int, epoch: int, start_batch: int = 0,
-                    shuffle: bool = True,
-                    drop_last: bool = True) -> Iterator[tuple[int, dict[str, np.ndarray]]]:
-    """Yield ``(batch_index, batch)`` for one epoch, starting at ``start_batch`` (for resume).
-
-    ``batch`` holds numpy ``input_ids``/``attention_mask`` ``[B, K, T]`` and
-    ``scores``/``slot_mask`` ``[B, K]``. With ``drop_last=False`` the last batch may be
-    smaller (a new shape, so one more compilation).
-    """
-    count = batches_per_epoch(len(data), batch_size, drop_last)
-    if not 0 <= start_batch <= count:
-        raise ValueError(f"start_batch {start_batch} is outside 0..{count} (batches in this epoch)")
-    order = epoch_order(len(data), seed, epoch) if shuffle else np.arange(len(data))
-    for b in range(start_batch, count):
-        yield b, data.take(order[b * batch_size:(b + 1) * batch_size]).as_dict()
 
 
 def split_train_eval(data: RankedArrays, eval_fraction: float,

@@ -162,18 +162,21 @@ def train_batches(data, train_cfg: TrainConfig, *, seed: int, batch_sh) -> Calla
 
     def batches(epoch: int, start_batch: int):
         for _, batch in iterate_batches(data, train_cfg.batch_size, seed=seed, epoch=epoch,
-                                        start_batch=start_batch):
+                                        start_batch=start_batch, group_by_length=train_cfg.group_by_length,
+                                        pad_to_multiple=train_cfg.pad_to_multiple):
             yield put_global(stack_micro_batches(batch, train_cfg.accumulation_steps), batch_sh)
 
     return batches
 
 
-def eval_batches(data, batch_size: int, mesh: Mesh) -> Iterator[tuple[int, dict]]:
-    """(rows in the batch, device batch [1, batch_size, ...]) over the whole set, in order."""
+def eval_batches(data, batch_size: int, mesh: Mesh, *, pad_to_multiple: int = 0) -> Iterator[tuple[int, dict]]:
+    """(rows in the batch, device batch [1, batch_size, ...]) over the whole set, in order,
+    each cut to a multiple of ``pad_to_multiple`` tokens when that is > 0."""
     from jaxrlhf.data import iterate_batches
     from jaxrlhf.steps.common import batch_shardings
 
-    for _, batch in iterate_batches(data, batch_size, seed=0, epoch=0, shuffle=False, drop_last=False):
+    for _, batch in iterate_batches(data, batch_size, seed=0, epoch=0, shuffle=False, drop_last=False,
+                                    pad_to_multiple=pad_to_multiple):
         rows = next(iter(batch.values())).shape[0]
         batch = stack_micro_batches(pad_rows(batch, batch_size), 1)
         yield rows, put_global(batch, batch_shardings(mesh, batch))

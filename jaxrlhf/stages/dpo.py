@@ -82,7 +82,8 @@ def load_data(cfg: DPOConfig, tokenizer):
     return load_train_eval(cfg.data, cfg.seed, load)
 
 
-def precompute_reference(data, reference, graphdef, *, average: bool, batch_size: int, mesh):
+def precompute_reference(data, reference, graphdef, *, average: bool, batch_size: int, mesh,
+                         pad_to_multiple: int = 0):
     """The reference's pair log-probs for every row, as a Table with a ref_logps column."""
     from jaxrlhf.stages.common import Table, eval_batches
     from jaxrlhf.steps.dpo import reference_log_probs
@@ -90,7 +91,7 @@ def precompute_reference(data, reference, graphdef, *, average: bool, batch_size
     fn = jax.jit(lambda ref, batch: jax.lax.map(
         lambda mb: reference_log_probs(*ref, graphdef, mb, average=average), batch))
     parts = []
-    for rows, batch in eval_batches(data, batch_size, mesh):
+    for rows, batch in eval_batches(data, batch_size, mesh, pad_to_multiple=pad_to_multiple):
         with jax.set_mesh(mesh):
             parts.append(np.asarray(fn(reference, batch))[0][:rows])
     return Table({**data.as_dict(), "ref_logps": np.concatenate(parts).astype(np.float32)})
@@ -126,7 +127,8 @@ def run_dpo(cfg: DPOConfig, *, resume: bool = False) -> dict:
     if cfg.loss.precompute_reference:
         precompute = functools.partial(precompute_reference, reference=reference, graphdef=graphdef,
                                        average=cfg.loss.loss_type == "ipo",
-                                       batch_size=eval_batch_size(cfg.train), mesh=mesh)
+                                       batch_size=eval_batch_size(cfg.train), mesh=mesh,
+                                       pad_to_multiple=cfg.train.pad_to_multiple)
         train = precompute(train)
         eval_ = precompute(eval_) if eval_ is not None else None
         del ref_model, reference  # the reference is no longer needed in memory
@@ -142,7 +144,8 @@ def run_dpo(cfg: DPOConfig, *, resume: bool = False) -> dict:
 
     def evaluate(state) -> dict[str, float]:
         sums = None
-        for _, batch in eval_batches(eval_, eval_batch_size(cfg.train), mesh):
+        for _, batch in eval_batches(eval_, eval_batch_size(cfg.train), mesh,
+                                    pad_to_multiple=cfg.train.pad_to_multiple):
             sums = add_sums(sums, eval_fn(state, reference, batch))
         return {k: float(v) for k, v in summarize(sums).items()}
 

@@ -102,7 +102,8 @@ def run_rm(cfg: RMConfig, *, resume: bool = False) -> dict:
 
     def evaluate_with_rewards(state):
         sums, rewards = None, []
-        for rows, batch in eval_batches(eval_, eval_batch_size(cfg.train), mesh):
+        for rows, batch in eval_batches(eval_, eval_batch_size(cfg.train), mesh,
+                                    pad_to_multiple=cfg.train.pad_to_multiple):
             part, r = eval_fn(state, batch)
             sums = add_sums(sums, part)
             valid = to_host(batch["slot_mask"])[0][:rows]

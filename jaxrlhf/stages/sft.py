@@ -96,7 +96,8 @@ def run_sft(cfg: SFTConfig, *, resume: bool = False) -> dict:
 
     def evaluate(state) -> dict[str, float]:
         sums = None
-        for _, batch in eval_batches(eval_, eval_batch_size(cfg.train), mesh):
+        for _, batch in eval_batches(eval_, eval_batch_size(cfg.train), mesh,
+                                    pad_to_multiple=cfg.train.pad_to_multiple):
             sums = add_sums(sums, eval_fn(state, batch))
         tokens = float(sums["token_count"])
         loss = float(sums["nll_sum"]) / max(tokens, 1.0)
