@@ -34,6 +34,8 @@ p.add_argument("stage", choices=sorted(STAGES))
 p.add_argument("demo_run")
 p.add_argument("out")
 p.add_argument("--rm", default=None, help="ppo: a run folder whose rm/final scores the rollouts")
+p.add_argument("--reward", action="append", default=[],
+               help="ppo: key=value (YAML value) of the reward-model source, e.g. dense=true")
 p.add_argument("--set", action="append", default=[], help="stage key=value (dotted), YAML value")
 a = p.parse_args()
 logging.basicConfig(level=logging.WARNING)
@@ -44,11 +46,12 @@ cfg = to_dict(stage_configs(demo, out, data)[a.stage])
 cfg["model"]["path"] = str(run / "sft" / "final")
 if a.stage == "ppo":
     cfg["rewards"][0]["path"] = str(Path(a.rm or run) / "rm" / "final")
+    cfg["rewards"][0] = apply_overrides(cfg["rewards"][0], a.reward)
 cfg = apply_overrides(cfg, a.set)
 config_cls, runner = STAGES[a.stage]
 start = time.time()
 result = runner(from_dict(config_cls, cfg))
-line = {"stage": a.stage, "out": str(out), "set": a.set, "seconds": round(time.time() - start),
+line = {"stage": a.stage, "out": str(out), "set": a.set + [f"reward.{r}" for r in a.reward], "seconds": round(time.time() - start),
         "eval": {k: v for k, v in (result.get("eval") or {}).items() if isinstance(v, (int, float))}}
 if a.stage in ("ppo", "dpo"):
     predictions = out / "pred.jsonl"

@@ -53,6 +53,9 @@ class RewardSource:
     weight: float = 1.0
     normalize: bool = True  # kind=model: apply the RM's stored gain/bias (eval mean 0, std 1)
     include_eos: bool = True  # kind=model: score with the EOS token, as an RM trained with data.append_eos
+    # kind=model: per-token rewards, the change in this RM's score of the answer prefix at each
+    # token (potential-based shaping, see jaxrlhf.steps.ppo.prefix_shaping); needs include_eos false
+    dense: bool = False
     kwargs: dict = dataclasses.field(default_factory=dict)  # kind=rule: extra arguments
 
     def __post_init__(self):
@@ -62,9 +65,14 @@ class RewardSource:
             raise ValueError("a model reward needs path: a reward-model folder")
         if self.kind == "rule" and not self.name:
             raise ValueError("a rule reward needs name: a registered rule")
+        if self.dense and self.kind != "model":
+            raise ValueError("dense: true scores every answer prefix with a reward model: it needs kind: model")
+        if self.dense and self.include_eos:
+            raise ValueError("dense: true reads the reward model at every answer token, without EOS: it needs "
+                             "include_eos: false (a reward model trained with data.append_eos: false)")
 
     def __hash__(self):
-        return hash((self.kind, self.path, self.name, self.weight, self.normalize, self.include_eos,
+        return hash((self.kind, self.path, self.name, self.weight, self.normalize, self.include_eos, self.dense,
                      tuple(sorted(self.kwargs.items()))))
 
 

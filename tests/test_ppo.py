@@ -245,9 +245,78 @@ def test_reward_model_scorer_reads_at_eos_or_last_answer_token(setup, tmp_path):
                                       include_eos=include_eos)],
                         tokenizer=char_tokenizer(), policy_vocab=rm.config.vocab_size, mesh=mesh,
                         dtype="float32")
-        scores[include_eos], _ = scorer(jax.numpy.asarray(ids), jax.numpy.asarray(mask), 3,
-                                        response_mask, finished, ["a", "b"], [{}, {}])
+        scored = scorer(jax.numpy.asarray(ids), jax.numpy.asarray(mask), 3, response_mask, finished,
+                        ["a", "b"], [{}, {}])
+        scores[include_eos] = scored.total
+        np.testing.assert_array_equal(scored.terminal, scored.total)
+        assert scored.dense is None
     np.testing.assert_allclose(scores[True], np.asarray(rm(ids, mask)), atol=1e-5)
     without_eos = mask.copy()
     without_eos[0, 5], without_eos[1, 6] = 0, 0
     np.testing.assert_allclose(scores[False], np.asarray(rm(ids, without_eos)), atol=1e-5)
+
+
+def test_dense_reward_model_scores_every_answer_prefix(setup, tmp_path):
+    from jaxrlhf.models import reward_model_from_pretrained, save_pretrained
+    from jaxrlhf.rewards import RewardSource
+    from jaxrlhf.sharding import MeshConfig, make_mesh
+    from jaxrlhf.stages.ppo import Scorer
+    from rm_fixtures import char_tokenizer
+
+    model, _ = setup
+    save_pretrained(reward_model_from_pretrained(model, seed=2), tmp_path / "rm")
+    rm = reward_model_from_pretrained(tmp_path / "rm")
+    mesh = make_mesh(MeshConfig(1, 1, 1))
+    ids = np.array([[0, 20, 21, 5, 6, 2, 0], [22, 23, 24, 7, 8, 9, 10]], np.int32)  # prompt 3 + response 4
+    mask = (ids != 0).astype(np.int32)
+    response_mask, finished = mask[:, 3:], np.array([True, False])  # row 1 ran out without EOS
+    kwargs = dict(tokenizer=char_tokenizer(), policy_vocab=rm.config.vocab_size, mesh=mesh, dtype="float32")
+    rule = RewardSource(kind="rule", name="target_length_tokens", kwargs={"target": 2}, weight=0.5)
+    scored = Scorer([RewardSource(kind="model", path=str(tmp_path / "rm"), normalize=False, include_eos=False,
+                                  dense=True, weight=2.0), rule], **kwargs)(
+        jax.numpy.asarray(ids), jax.numpy.asarray(mask), 3, response_mask, finished, ["a", "b"], [{}, {}])
+    plain = Scorer([RewardSource(kind="model", path=str(tmp_path / "rm"), normalize=False, include_eos=False,
+                                 weight=2.0), rule], **kwargs)(
+        jax.numpy.asarray(ids), jax.numpy.asarray(mask), 3, response_mask, finished, ["a", "b"], [{}, {}])
+    np.testing.assert_allclose(scored.total, plain.total, atol=1e-5)  # the same sequence scores
+    rule_part = 0.5 * np.array([1.0, 0.0])  # row 0: 2 tokens then EOS; row 1: no EOS
+    np.testing.assert_allclose(scored.terminal, rule_part, atol=1e-6)  # only the rule is paid at the end
+    # each answer token earns 2 x (score of the prefix through it - score of the prefix before it)
+    prefix = np.array([[float(rm(ids[r:r + 1, :j], mask[r:r + 1, :j])[0]) for j in range(3, 8)] for r in range(2)])
+    dense = np.asarray(scored.dense)
+    np.testing.assert_allclose(dense[0], [2 * (prefix[0, 1] - prefix[0, 0]), 2 * (prefix[0, 2] - prefix[0, 1]), 0, 0],
+                               atol=1e-5)
+    np.testing.assert_allclose(dense[1], 2 * np.diff(prefix[1]), atol=1e-5)
+    np.testing.assert_allclose(dense.sum(axis=1) + 2 * prefix[:, 0] + rule_part, scored.total, atol=1e-5)
+
+
+def test_dense_reward_needs_a_reward_model_read_without_eos():
+    from jaxrlhf.rewards import RewardSource
+
+    with pytest.raises(ValueError, match="include_eos: false"):
+        RewardSource(kind="model", path="rm", dense=True)
+    with pytest.raises(ValueError, match="kind: model"):
+        RewardSource(kind="rule", name="length_control", dense=True)
+
+
+def test_ppo_with_a_dense_reward_model_logs_the_same_sequence_scores(setup, tmp_path):
+    """Dense (prefix-shaped) and terminal use of one reward model sample the same first rollout
+    and log the same sequence scores; only the per-token credit, hence the update, differs."""
+    from jaxrlhf.models import reward_model_from_pretrained, save_pretrained
+
+    model, prompts = setup
+    save_pretrained(reward_model_from_pretrained(model, seed=2), tmp_path / "rm")
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=2, extra="  samples_per_prompt: 4\n  group_baseline: true")
+    histories = {}
+    for dense in ("false", "true"):
+        out = tmp_path / f"run-{dense}"
+        rewards = f"rewards=[{{kind: model, path: {tmp_path / 'rm'}, include_eos: false, dense: {dense}}}]"
+        assert main(["ppo", "--config", cfg, "--set", f"output_dir={out}", "--set", rewards]) == 0
+        histories[dense] = json.loads((out / "results.json").read_text())["history"]
+    plain, dense = histories["false"][0], histories["true"][0]
+    assert dense["score"] == pytest.approx(plain["score"], abs=1e-5)
+    assert dense["score_std"] == pytest.approx(plain["score_std"], abs=1e-5)
+    assert dense["response_length"] == plain["response_length"]
+    assert abs(plain["shaped_score"]) < 1e-5  # group-centred RM score at the last token
+    assert dense["policy_loss"] != pytest.approx(plain["policy_loss"], abs=1e-6)
+    assert np.isfinite([h["policy_loss"] for h in histories["true"]]).all()

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from jaxrlhf.losses import (compute_gae, kl_penalty, masked_whiten, ppo_policy_loss, ppo_value_loss)
-from jaxrlhf.steps.ppo import PPOHyper, adaptive_kl_coef, leave_one_out_baseline, shape_rewards
+from jaxrlhf.steps.ppo import PPOHyper, adaptive_kl_coef, leave_one_out_baseline, prefix_shaping, shape_rewards
 
 
 def random_masked(seed, b=4, t=7):
@@ -94,6 +94,27 @@ def test_shaped_rewards_put_score_at_last_token_and_penalise_missing_eos():
     expected[1, 3] += 1.0 - 2.0
     np.testing.assert_allclose(np.asarray(rewards), expected, atol=1e-6)
     np.testing.assert_allclose(np.asarray(scores), [1.0, -1.0])
+
+
+def test_prefix_shaping_pays_each_answer_token_its_change_in_score_and_sums_to_the_final_score():
+    # potentials: [B, N + 1], the score of the first j response tokens
+    phi = np.array([[0.1, 0.5, 0.9, 0.4, 7.0], [0.2, -0.3, 0.6, 0.8, 1.0]], np.float32)
+    answer = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], np.float32)  # row 0: 3 answer tokens, then EOS
+    rewards = np.asarray(prefix_shaping(phi, answer))
+    np.testing.assert_allclose(rewards[0], [0.4, 0.4, -0.5, 0.0], atol=1e-6)  # EOS earns nothing
+    np.testing.assert_allclose(rewards.sum(axis=1), [0.4 - 0.1, 1.0 - 0.2], atol=1e-6)
+    # return-to-go of token j = phi(answer) - phi(answer[:j]): how the answer did against stopping there
+    to_go = np.cumsum(rewards[0, ::-1])[::-1]
+    np.testing.assert_allclose(to_go[:3], 0.4 - phi[0, :3], atol=1e-6)
+    # shape_rewards adds them on the trained tokens only, next to the KL and the terminal score
+    mask = np.array([[0, 1, 1, 1], [1, 1, 1, 1]], np.float32)  # row 0 trains from token 1 (branched)
+    lp = np.zeros((2, 4), np.float32)
+    hyper = PPOHyper(missing_eos_penalty=None)
+    shaped, _, _ = shape_rewards(np.array([0.0, 2.0]), lp, lp, mask, np.ones(2, bool), np.float32(0.1), hyper,
+                                 rewards)
+    expected = rewards * mask
+    expected[1, 3] += 2.0
+    np.testing.assert_allclose(np.asarray(shaped), expected, atol=1e-6)
 
 
 def test_group_baseline_subtracts_the_mean_of_the_prompts_other_samples():

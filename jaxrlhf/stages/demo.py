@@ -79,6 +79,10 @@ class DemoConfig:
                   "epochs": 1, "minibatches": 2, "save_every": 10,
                   "actor_optim": {"learning_rate": 3.0e-4, "schedule": "constant"},
                   "critic_optim": {"learning_rate": 5.0e-4, "schedule": "constant"}}})
+    # how PPO uses the reward model: keys of its {kind: model} reward source other than path and
+    # include_eos (which follow the RM stage). dense: each answer token earns its change in the
+    # RM's score of the answer so far (prefix shaping, jaxrlhf.steps.ppo.prefix_shaping)
+    ppo_reward: dict = dataclasses.field(default_factory=lambda: {"dense": False})
     dpo: dict = dataclasses.field(default_factory=lambda: {
         "train": {"epochs": 1, "batch_size": 8, "log_every": 10,
                   "optim": {"learning_rate": 2.0e-4, "warmup_steps": 10}},
@@ -107,7 +111,7 @@ def stage_configs(cfg: DemoConfig, out: Path, data: dict[str, Path]) -> dict:
     # for that stage instead of replacing the whole section
     defaults = DemoConfig()
     cfg = dataclasses.replace(cfg, **{name: _merge(getattr(defaults, name), getattr(cfg, name))
-                                      for name in ("sft", "rm", "ppo", "dpo")})
+                                      for name in ("sft", "rm", "ppo", "ppo_reward", "dpo")})
     sft = _merge({"seed": cfg.seed, "output_dir": str(out / "sft"), "tokenizer": str(out / "base"),
                   "model": {"path": str(out / "base")}, "mesh": mesh,
                   "data": {"train_files": [str(data["sft"])], "max_length": cfg.max_length}}, cfg.sft)
@@ -120,7 +124,7 @@ def stage_configs(cfg: DemoConfig, out: Path, data: dict[str, Path]) -> dict:
                                          "max_prompt_length": cfg.max_prompt_length},
                   # the RM scores rollouts where it was trained to: with or without the EOS
                   "rewards": [{"kind": "model", "path": str(out / "rm" / "final"),
-                               "include_eos": rm.data.append_eos}]},
+                               "include_eos": rm.data.append_eos, **cfg.ppo_reward}]},
                  cfg.ppo)
     dpo = _merge({"seed": cfg.seed, "output_dir": str(out / "dpo"), "model": {"path": str(out / "sft" / "final")},
                   "mesh": mesh, "data": {"train_files": [str(data["dpo"])], "max_length": cfg.max_length}}, cfg.dpo)

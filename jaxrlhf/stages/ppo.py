@@ -133,6 +133,29 @@ def _reward_model_scores(graphdef, state, input_ids, attention_mask, *, normaliz
     return rm.normalized(rewards) if normalize else rewards
 
 
+def _reward_model_prefix_scores(graphdef, state, input_ids, attention_mask, *, prompt_len: int,
+                                normalize: bool):
+    """[B, N + 1]: the RM's score of prompt + the first j response tokens, j = 0..N. Causal
+    attention makes the value at a position the score of the sequence ending there, so one
+    forward scores every prefix."""
+    rm = nnx.merge(graphdef, state)
+    values = rm.token_values(input_ids, attention_mask)[:, prompt_len - 1:]
+    return rm.normalized(values) if normalize else values
+
+
+@dataclasses.dataclass
+class ScoredBatch:
+    """total: [B] the weighted sequence score (what is logged as ``score``); terminal: [B] the
+    part paid at the last token; dense: [B, N] per-token rewards of ``dense`` reward models
+    (prefix shaping) or None. total = terminal + the dense rows' sums + each dense model's
+    score of the empty answer."""
+
+    total: np.ndarray
+    terminal: np.ndarray
+    dense: jax.Array | None
+    metrics: dict[str, float]
+
+
 class Scorer:
     """Scores rollouts: reward models on device (same token ids), rules on the host."""
 
@@ -142,6 +165,7 @@ class Scorer:
 
         self.sources, self.tokenizer, self.models, self.rules = list(sources), tokenizer, {}, {}
         self.eos_ids = [tokenizer.eos_token_id]
+        self.dense_keys = set()
         for i, source in enumerate(self.sources):
             key = f"{source.kind}:{source.path or source.name}#{i}"
             if source.kind == "model":
@@ -150,8 +174,13 @@ class Scorer:
                     raise ConfigError(f"reward model {source.path} has vocab {rm.config.vocab_size}, the "
                                       f"policy {policy_vocab}: it must score the policy's token ids")
                 graphdef, state = nnx.split(rm)
-                forward = jax.jit(functools.partial(_reward_model_scores, graphdef,
-                                                    normalize=source.normalize))
+                if source.dense:
+                    self.dense_keys.add(key)
+                    forward = jax.jit(functools.partial(_reward_model_prefix_scores, graphdef,
+                                                        normalize=source.normalize), static_argnames="prompt_len")
+                else:
+                    forward = jax.jit(functools.partial(_reward_model_scores, graphdef,
+                                                        normalize=source.normalize))
                 self.models[key] = (forward, state, source.include_eos)
             else:
                 self.rules[key] = functools.partial(get_rule(source.name), **source.kwargs)
@@ -159,14 +188,23 @@ class Scorer:
         self.keys = list(self.weights)
 
     def __call__(self, input_ids, attention_mask, prompt_len, response_mask, finished, prompts,
-                 meta) -> tuple[np.ndarray, dict[str, float]]:
+                 meta) -> ScoredBatch:
         from jaxrlhf.rewards import TextBatch, combine
+        from jaxrlhf.steps.ppo import prefix_shaping
 
-        parts = {}
+        parts, dense = {}, None
+        eos = jnp.isin(input_ids[:, prompt_len:], jnp.asarray(self.eos_ids))
+        answer_mask = jnp.asarray(response_mask) * (~eos).astype(jnp.int32)  # [B, N] response tokens but EOS
         for key, (forward, state, include_eos) in self.models.items():
+            if key in self.dense_keys:
+                potentials = forward(state, input_ids, attention_mask, prompt_len=prompt_len)  # [B, N + 1]
+                answer_len = answer_mask.sum(axis=1)
+                parts[key] = np.asarray(jnp.take_along_axis(potentials, answer_len[:, None], axis=1)[:, 0])
+                shaped = self.weights[key] * prefix_shaping(potentials, answer_mask)
+                dense = shaped if dense is None else dense + shaped
+                continue
             mask = attention_mask
             if not include_eos:  # the RM was trained on answers without EOS: read at the last answer token
-                eos = jnp.isin(input_ids[:, prompt_len:], jnp.asarray(self.eos_ids))
                 mask = mask.at[:, prompt_len:].set(mask[:, prompt_len:] * (~eos).astype(mask.dtype))
             parts[key] = np.asarray(forward(state, input_ids, mask))
         if self.rules:
@@ -179,7 +217,11 @@ class Scorer:
             for key, rule in self.rules.items():
                 parts[key] = np.asarray(rule(batch), np.float32)
         metrics = {f"reward_{k.split('#')[0].replace(':', '_')}": float(np.mean(v)) for k, v in parts.items()}
-        return combine(parts, self.weights).astype(np.float32), metrics
+        total = combine(parts, self.weights).astype(np.float32)
+        terminal_parts = {k: v for k, v in parts.items() if k not in self.dense_keys}
+        terminal = (combine(terminal_parts, self.weights).astype(np.float32) if terminal_parts
+                    else np.zeros_like(total))
+        return ScoredBatch(total, terminal, dense, metrics)
 
 
 # --------------------------------------------------------------------------- the run
@@ -334,13 +376,14 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
         attention_mask = jnp.concatenate([jnp.asarray(batch["attention_mask"]), gen.mask], axis=1)
         texts = [examples[i].prompt for i in batch["index"]]
         with jax.set_mesh(mesh):
-            scores, reward_metrics = scorer(input_ids, attention_mask, prompt_len, gen.mask, gen.finished,
-                                            texts, prompt_meta(examples, batch["index"]))
+            scored = scorer(input_ids, attention_mask, prompt_len, gen.mask, gen.finished, texts,
+                            prompt_meta(examples, batch["index"]))
         t2 = time.perf_counter()
         with jax.set_mesh(mesh):
             rollout, rollout_metrics = rollout_fn(state, ref, input_ids, attention_mask, jnp.asarray(gen.train_mask),
-                                                  jnp.asarray(scores), jnp.asarray(gen.finished),
-                                                  None if cfg.train.recompute_log_probs else jnp.asarray(gen.log_probs))
+                                                  jnp.asarray(scored.terminal), jnp.asarray(gen.finished),
+                                                  None if cfg.train.recompute_log_probs else jnp.asarray(gen.log_probs),
+                                                  scored.dense)
             state, train_metrics = update_fn(state, rollout)
             kl = rollout_metrics["kl"]
             state = state.replace(kl_coef=adaptive_kl_coef(state.kl_coef, kl, target=cfg.kl.target,
@@ -348,7 +391,9 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
                                                            batch_size=cfg.train.batch_size))
             train_metrics = jax.block_until_ready(train_metrics)
         t3 = time.perf_counter()
-        metrics = {**to_floats(rollout_metrics), **to_floats(train_metrics), **reward_metrics,
+        metrics = {**to_floats(rollout_metrics), **to_floats(train_metrics), **scored.metrics,
+                   # the whole sequence score, dense parts included (rollout_metrics saw the terminal part)
+                   "score": float(scored.total.mean()), "score_std": float(scored.total.std()),
                    "rollout_seconds": t1 - t0, "score_seconds": t2 - t1, "train_seconds": t3 - t2,
                    "generated_tokens_per_second": float(gen.train_mask.sum()) / max(t1 - t0, 1e-9)}
         if cuts is not None:  # whole responses (prefix + continuation) and the shared prefix

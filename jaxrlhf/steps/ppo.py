@@ -117,9 +117,26 @@ def leave_one_out_baseline(scores, group_size: int):
     return (groups - others).reshape(-1)
 
 
-def shape_rewards(scores, log_probs, ref_log_probs, response_mask, finished, kl_coef, hyper: PPOHyper):
+def prefix_shaping(potentials, answer_mask):
+    """Potential-based reward shaping (Ng, Harada & Russell 1999) with a reward model's score of
+    each answer prefix as the potential: answer token j earns phi(answer[:j+1]) - phi(answer[:j]),
+    EOS and padding earn 0, so a response's rewards sum to phi(answer) - phi(empty answer), its
+    sequence score up to a constant of the prompt (the optimal policy is unchanged, gamma = 1).
+    What changes is the credit: a token's return-to-go is phi(answer) - phi(answer so far), how
+    the finished answer compares with stopping at that token, which is exactly the signal for
+    where to stop and close to zero-mean for tokens that do not move the score.
+
+    potentials: [B, N + 1] (column j: the prefix of j response tokens); answer_mask: [B, N]
+    (1 on response tokens that are not EOS) -> rewards [B, N].
+    """
+    return (potentials[:, 1:] - potentials[:, :-1]) * answer_mask.astype(potentials.dtype)
+
+
+def shape_rewards(scores, log_probs, ref_log_probs, response_mask, finished, kl_coef, hyper: PPOHyper,
+                  dense_rewards=None):
     """Per-token rewards [B, N]: -beta * KL_t on every token, plus the (penalised, clipped,
-    optionally group-centred) sequence score at the last real token. scores, finished: [B]."""
+    optionally group-centred) sequence score at the last real token, plus ``dense_rewards``
+    [B, N] (e.g. :func:`prefix_shaping`) where given. scores, finished: [B]."""
     mask = response_mask.astype(jnp.float32)
     kl = kl_penalty(log_probs, ref_log_probs, hyper.kl_estimator) * mask
     if hyper.missing_eos_penalty is not None:
@@ -133,11 +150,14 @@ def shape_rewards(scores, log_probs, ref_log_probs, response_mask, finished, kl_
     # the last trained token; the mask need not start at 0 (branched rollouts train a suffix)
     last = mask.shape[1] - 1 - jnp.argmax(mask[:, ::-1] > 0, axis=1)
     at_last = jax.nn.one_hot(last, mask.shape[1]) * mask
-    return -kl_coef * kl + scores[:, None] * at_last, kl, scores
+    rewards = -kl_coef * kl + scores[:, None] * at_last
+    if dense_rewards is not None:
+        rewards = rewards + dense_rewards * mask
+    return rewards, kl, scores
 
 
 def make_rollout(state: PPOState, reference: tuple, input_ids, attention_mask, response_mask,
-                 scores, finished, sampler_log_probs=None, *, actor_graphdef, critic_graphdef,
+                 scores, finished, sampler_log_probs=None, dense_rewards=None, *, actor_graphdef, critic_graphdef,
                  prompt_len: int, hyper: PPOHyper) -> tuple[Rollout, dict]:
     """Everything PPO needs about a batch of sampled responses, and its metrics.
 
@@ -145,7 +165,8 @@ def make_rollout(state: PPOState, reference: tuple, input_ids, attention_mask, r
     sampler_log_probs: [B, N] or None. The sampler's log-probs are the behaviour policy's
     (same weights, same temperature, unfiltered softmax); given, they save one actor
     forward, and the entropy metric is their Monte-Carlo estimate (E[-log p(x)] over the
-    sampled tokens). None: recomputed here, with the exact entropy.
+    sampled tokens). None: recomputed here, with the exact entropy. dense_rewards: [B, N]
+    per-token rewards added to the KL-shaped ones (the scores then carry only the terminal part).
     """
     fwd = functools.partial(response_log_probs_and_entropy, input_ids=input_ids,
                             attention_mask=attention_mask, prompt_len=prompt_len,
@@ -160,7 +181,7 @@ def make_rollout(state: PPOState, reference: tuple, input_ids, attention_mask, r
         metrics["entropy"] = -masked_mean(old_log_probs, mask)
     ref_log_probs, _ = fwd(jax.lax.stop_gradient(reference[0]), reference[1], actor_graphdef)
     rewards, kl, shaped_scores = shape_rewards(scores, old_log_probs, ref_log_probs, response_mask,
-                                               finished, state.kl_coef, hyper)
+                                               finished, state.kl_coef, hyper, dense_rewards)
     if state.critic is not None:
         values = response_values(state.critic.params, state.critic.buffers, critic_graphdef,
                                  input_ids, attention_mask, prompt_len)
