@@ -320,3 +320,17 @@ def test_ppo_with_a_dense_reward_model_logs_the_same_sequence_scores(setup, tmp_
     assert abs(plain["shaped_score"]) < 1e-5  # group-centred RM score at the last token
     assert dense["policy_loss"] != pytest.approx(plain["policy_loss"], abs=1e-6)
     assert np.isfinite([h["policy_loss"] for h in histories["true"]]).all()
+
+
+def test_ppo_trains_on_each_prompts_best_and_worst_samples(setup, tmp_path):
+    model, prompts = setup
+    extra = "  samples_per_prompt: 8\n  keep_per_prompt: 4\n  group_baseline: true"
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=30, batch=64, extra=extra)
+    assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) == 0
+    history = json.loads((tmp_path / "run" / "results.json").read_text())["history"]
+    start = np.mean([h["score"] for h in history[:3]])
+    end = np.mean([h["score"] for h in history[-5:]])
+    assert start < 0.4 and end >= 0.75, (start, end)
+    # the kept half is centred on its own mean; the score is logged over all 64 samples
+    assert all(abs(h["shaped_score"]) < 1e-5 for h in history)
+    assert all("trained_score" in h for h in history)

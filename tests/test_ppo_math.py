@@ -135,3 +135,26 @@ def test_group_baseline_subtracts_the_mean_of_the_prompts_other_samples():
 def test_group_baseline_needs_several_samples_per_prompt():
     with pytest.raises(ValueError, match="group_size >= 2"):
         PPOHyper(group_baseline=True, group_size=1)
+
+
+def test_max_variance_subset_keeps_each_prompts_best_and_worst_in_order():
+    from jaxrlhf.steps.ppo import max_variance_subset
+
+    scores = np.array([0.1, 0.9, 0.5, 0.3,   2.0, -1.0, 0.0, 1.0], np.float32)  # two prompts x 4 samples
+    np.testing.assert_array_equal(max_variance_subset(scores, 4, 2), [0, 1, 4, 5])
+    # keep 2 of each side of 6: the two lowest and the two highest, original order within the prompt
+    six = np.array([5, 0, 3, 1, 4, 2], np.float32)
+    np.testing.assert_array_equal(max_variance_subset(six, 6, 4), [0, 1, 3, 4])
+    kept = six[max_variance_subset(six, 6, 4)]
+    assert kept.var() == max(six[list(c)].var() for c in __import__("itertools").combinations(range(6), 4))
+
+
+def test_keep_per_prompt_is_validated():
+    from jaxrlhf.stages.ppo import PPOTrainConfig
+
+    PPOTrainConfig(batch_size=64, samples_per_prompt=8, keep_per_prompt=4, group_baseline=True, minibatches=2)
+    for keep in (1, 3, 8):
+        with pytest.raises(ValueError, match="keep_per_prompt must be even"):
+            PPOTrainConfig(batch_size=64, samples_per_prompt=8, keep_per_prompt=keep, minibatches=2)
+    with pytest.raises(ValueError, match="not a multiple of minibatches"):
+        PPOTrainConfig(batch_size=24, samples_per_prompt=8, keep_per_prompt=2, minibatches=4)  # 6 trained

@@ -61,6 +61,9 @@ class PPOTrainConfig:
     # [lo, hi]: a prompt's samples continue one shared prefix, a first sample cut at a fraction
     # U(lo, hi) of its length; only the continuations are trained (stages/ppo_branch.py)
     branch_at: tuple[float, float] | None = None
+    # train on this many of each prompt's samples: its keep/2 best and keep/2 worst by score
+    # (max-variance down-sampling); None trains on all of them. batch_size counts samples drawn
+    keep_per_prompt: int | None = None
     epochs: int = 4  # PPO epochs over each rollout
     minibatches: int = 4
     clip_ratio: float = 0.2
@@ -79,8 +82,6 @@ class PPOTrainConfig:
     critic_optim: OptimConfig = OptimConfig(learning_rate=1e-5, schedule="constant")
 
     def __post_init__(self):
-        if self.batch_size % self.minibatches:
-            raise ValueError(f"batch_size {self.batch_size} is not a multiple of minibatches {self.minibatches}")
         if self.samples_per_prompt < 1 or self.batch_size % self.samples_per_prompt:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of samples_per_prompt "
                              f"{self.samples_per_prompt}")
@@ -92,6 +93,17 @@ class PPOTrainConfig:
             if self.samples_per_prompt < 2:
                 raise ValueError("branch_at samples several continuations of one prefix: it needs "
                                  "samples_per_prompt >= 2")
+        if self.keep_per_prompt is not None:
+            k = self.keep_per_prompt
+            if k < 2 or k % 2 or k >= self.samples_per_prompt:
+                raise ValueError(f"keep_per_prompt must be even, >= 2 and below samples_per_prompt "
+                                 f"({self.samples_per_prompt}), got {k}")
+            trained = self.batch_size // self.samples_per_prompt * k
+            if trained % self.minibatches:
+                raise ValueError(f"the {trained} trained answers per iteration (batch_size / samples_per_prompt "
+                                 f"x keep_per_prompt) are not a multiple of minibatches {self.minibatches}")
+        elif self.batch_size % self.minibatches:
+            raise ValueError(f"batch_size {self.batch_size} is not a multiple of minibatches {self.minibatches}")
         if not self.use_critic and not self.group_baseline:
             raise ValueError("use_critic=false leaves the prompt's other responses as the only baseline: "
                              "it needs group_baseline=true (and samples_per_prompt >= 2)")
@@ -289,7 +301,8 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
     from jaxrlhf.sharding import make_mesh
     from jaxrlhf.stages.common import prepare_run_dir
     from jaxrlhf.steps.common import make_optimizer
-    from jaxrlhf.steps.ppo import PPOHyper, adaptive_kl_coef, make_rollout, ppo_update
+    from jaxrlhf.stages.ppo_branch import Branched
+    from jaxrlhf.steps.ppo import PPOHyper, adaptive_kl_coef, make_rollout, max_variance_subset, ppo_update
 
     out, checkpointer = prepare_run_dir(cfg, resume=resume, stage="ppo")
     mesh = make_mesh(cfg.mesh)
@@ -323,6 +336,8 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
 
     if cfg.train.branch_at is not None and jax.process_count() > 1:
         raise ConfigError("train.branch_at builds the branched prompts on the host: it runs on one host only")
+    if cfg.train.keep_per_prompt and jax.process_count() > 1:
+        raise ConfigError("train.keep_per_prompt selects rows on the host: it runs on one host only")
     iterations = cfg.train.iterations
     updates = iterations * cfg.train.epochs * cfg.train.minibatches
     actor_tx = make_optimizer(cfg.train.actor_optim, updates)
@@ -344,7 +359,7 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
                      entropy_coef=cfg.train.entropy_coef, epochs=cfg.train.epochs,
                      minibatches=cfg.train.minibatches, whiten_advantages=cfg.train.whiten_advantages,
                      missing_eos_penalty=cfg.train.missing_eos_penalty, score_clip=cfg.train.score_clip,
-                     group_size=group, group_baseline=cfg.train.group_baseline)
+                     group_size=cfg.train.keep_per_prompt or group, group_baseline=cfg.train.group_baseline)
     prompt_len = cfg.data.max_prompt_length
     sample = jax.jit(functools.partial(generate, actor_graphdef, config=cfg.rollout, eos_id=eos_id,
                                        pad_id=pad_id))
@@ -378,6 +393,16 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
         with jax.set_mesh(mesh):
             scored = scorer(input_ids, attention_mask, prompt_len, gen.mask, gen.finished, texts,
                             prompt_meta(examples, batch["index"]))
+        sampled_metrics = {"score": float(scored.total.mean()), "score_std": float(scored.total.std()),
+                           "response_length": float(gen.mask.sum(axis=1).mean())}
+        if cfg.train.keep_per_prompt:
+            keep = max_variance_subset(scored.total, group, cfg.train.keep_per_prompt)
+            gen = Branched(*(a[keep] for a in (gen.tokens, gen.log_probs, gen.mask, gen.train_mask, gen.finished)))
+            input_ids, attention_mask = input_ids[keep], attention_mask[keep]
+            scored = ScoredBatch(scored.total[keep], scored.terminal[keep],
+                                 None if scored.dense is None else scored.dense[keep], scored.metrics)
+            cuts = None if cuts is None else cuts[keep]
+            sampled_metrics["trained_score"] = float(scored.total.mean())
         t2 = time.perf_counter()
         with jax.set_mesh(mesh):
             rollout, rollout_metrics = rollout_fn(state, ref, input_ids, attention_mask, jnp.asarray(gen.train_mask),
@@ -392,12 +417,13 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
             train_metrics = jax.block_until_ready(train_metrics)
         t3 = time.perf_counter()
         metrics = {**to_floats(rollout_metrics), **to_floats(train_metrics), **scored.metrics,
-                   # the whole sequence score, dense parts included (rollout_metrics saw the terminal part)
-                   "score": float(scored.total.mean()), "score_std": float(scored.total.std()),
+                   # over every sampled answer, dense parts included (rollout_metrics saw the terminal
+                   # part of the trained ones)
+                   **sampled_metrics,
                    "rollout_seconds": t1 - t0, "score_seconds": t2 - t1, "train_seconds": t3 - t2,
                    "generated_tokens_per_second": float(gen.train_mask.sum()) / max(t1 - t0, 1e-9)}
-        if cuts is not None:  # whole responses (prefix + continuation) and the shared prefix
-            metrics.update(response_length=float(gen.mask.sum(axis=1).mean()), branch_prefix_length=float(cuts.mean()))
+        if cuts is not None:  # the shared prefix
+            metrics.update(branch_prefix_length=float(cuts.mean()))
         if metrics["skipped"] > 0:
             log.warning("iteration %d: non-finite loss or gradient; those updates were skipped", it + 1)
         history.append({"iteration": it + 1, **metrics})

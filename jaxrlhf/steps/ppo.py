@@ -117,6 +117,22 @@ def leave_one_out_baseline(scores, group_size: int):
     return (groups - others).reshape(-1)
 
 
+def max_variance_subset(scores, group_size: int, keep: int):
+    """Row indices that keep, of each prompt's ``group_size`` consecutive samples, the
+    ``keep // 2`` best and ``keep // 2`` worst by score (in their original order): the subset
+    whose scores vary most, so the trained batch carries the clearest contrast for what it
+    costs to train on (max-variance down-sampling, PODS, Xu et al. 2025). Sampling is cheap
+    next to a training pass; this spends more samples per trained answer.
+    scores: [B] host array -> int64 [B / group_size * keep]."""
+    import numpy as np
+
+    groups = np.asarray(scores).reshape(-1, group_size)  # [prompts, G]
+    order = np.argsort(groups, axis=1, kind="stable")
+    half = keep // 2
+    chosen = np.sort(np.concatenate([order[:, :half], order[:, group_size - half:]], axis=1), axis=1)
+    return (chosen + group_size * np.arange(groups.shape[0])[:, None]).reshape(-1)
+
+
 def prefix_shaping(potentials, answer_mask):
     """Potential-based reward shaping (Ng, Harada & Russell 1999) with a reward model's score of
     each answer prefix as the potential: answer token j earns phi(answer[:j+1]) - phi(answer[:j]),
