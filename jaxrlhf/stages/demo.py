@@ -78,7 +78,10 @@ class DemoConfig:
         # limit (short limits score higher throughout), which a shared critic must otherwise
         # learn first. Measured on one SFT + RM: 0.587 without; 0.706 with (32 answers x 2
         # epochs x 40 iterations); 0.798 with 64 fresh answers x 1 epoch x 30 iterations
-        "train": {"iterations": 30, "batch_size": 64, "samples_per_prompt": 4, "group_baseline": True,
+        # 8 answers per prompt, only its 2 best and 2 worst trained (sampling is cheap next to
+        # training): 0.758 / 0.742 at PPO seeds 0 / 1 against 0.705 / 0.676 training all of 4
+        "train": {"iterations": 30, "batch_size": 128, "samples_per_prompt": 8, "keep_per_prompt": 4,
+                  "group_baseline": True,
                   "epochs": 1, "minibatches": 2, "save_every": 10,
                   "actor_optim": {"learning_rate": 3.0e-4, "schedule": "constant"},
                   "critic_optim": {"learning_rate": 5.0e-4, "schedule": "constant"}}})
