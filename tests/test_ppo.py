@@ -30,6 +30,27 @@ def setup(tmp_path_factory):
     return model, prompts
 
 
+@pytest.fixture(scope="module")
+def random_rm(setup, tmp_path_factory):
+    """A randomly initialised reward model on the tiny policy's backbone: (folder, model)."""
+    from jaxrlhf.models import reward_model_from_pretrained, save_pretrained
+
+    folder = tmp_path_factory.mktemp("ppo-rm") / "rm"
+    save_pretrained(reward_model_from_pretrained(setup[0], seed=2), folder)
+    return folder, reward_model_from_pretrained(folder)
+
+
+def score_rollout(sources, rm, ids, mask, response_mask, finished):
+    """The Scorer's ScoredBatch for a 2-row rollout whose prompts are 3 tokens."""
+    from jaxrlhf.sharding import MeshConfig, make_mesh
+    from jaxrlhf.stages.ppo import Scorer
+    from rm_fixtures import char_tokenizer
+
+    scorer = Scorer(sources, tokenizer=char_tokenizer(), policy_vocab=rm.config.vocab_size,
+                    mesh=make_mesh(MeshConfig(1, 1, 1)), dtype="float32")
+    return scorer(jax.numpy.asarray(ids), jax.numpy.asarray(mask), 3, response_mask, finished, ["a", "b"], [{}, {}])
+
+
 def ppo_yaml(tmp_path, model, prompts, *, iterations, batch=32, minibatches=2, lr=3e-3, mesh="1, 1, 1",
              extra=""):
     d, f, t = mesh.split(",")
@@ -224,29 +245,18 @@ def test_generate_command_keeps_every_row(setup, tmp_path, capsys):
     assert "wrote 3 rows" in capsys.readouterr().out
 
 
-def test_reward_model_scorer_reads_at_eos_or_last_answer_token(setup, tmp_path):
-    from jaxrlhf.models import reward_model_from_pretrained, save_pretrained
+def test_reward_model_scorer_reads_at_eos_or_last_answer_token(random_rm):
     from jaxrlhf.rewards import RewardSource
-    from jaxrlhf.sharding import MeshConfig, make_mesh
-    from jaxrlhf.stages.ppo import Scorer
-    from rm_fixtures import char_tokenizer
 
-    model, _ = setup
-    save_pretrained(reward_model_from_pretrained(model, seed=2), tmp_path / "rm")
-    rm = reward_model_from_pretrained(tmp_path / "rm")
-    mesh = make_mesh(MeshConfig(1, 1, 1))
+    folder, rm = random_rm
     ids = np.array([[0, 20, 21, 5, 6, 2, 0], [22, 23, 24, 7, 8, 9, 2]], np.int32)  # prompt 3 + response 4
     mask = (ids != 0).astype(np.int32)
     mask[0, 6] = 0
     response_mask, finished = mask[:, 3:], np.array([True, True])
     scores = {}
     for include_eos in (True, False):
-        scorer = Scorer([RewardSource(kind="model", path=str(tmp_path / "rm"), normalize=False,
-                                      include_eos=include_eos)],
-                        tokenizer=char_tokenizer(), policy_vocab=rm.config.vocab_size, mesh=mesh,
-                        dtype="float32")
-        scored = scorer(jax.numpy.asarray(ids), jax.numpy.asarray(mask), 3, response_mask, finished,
-                        ["a", "b"], [{}, {}])
+        scored = score_rollout([RewardSource(kind="model", path=str(folder), normalize=False, include_eos=include_eos)],
+                               rm, ids, mask, response_mask, finished)
         scores[include_eos] = scored.total
         np.testing.assert_array_equal(scored.terminal, scored.total)
         assert scored.dense is None
@@ -256,28 +266,17 @@ def test_reward_model_scorer_reads_at_eos_or_last_answer_token(setup, tmp_path):
     np.testing.assert_allclose(scores[False], np.asarray(rm(ids, without_eos)), atol=1e-5)
 
 
-def test_dense_reward_model_scores_every_answer_prefix(setup, tmp_path):
-    from jaxrlhf.models import reward_model_from_pretrained, save_pretrained
+def test_dense_reward_model_scores_every_answer_prefix(random_rm):
     from jaxrlhf.rewards import RewardSource
-    from jaxrlhf.sharding import MeshConfig, make_mesh
-    from jaxrlhf.stages.ppo import Scorer
-    from rm_fixtures import char_tokenizer
 
-    model, _ = setup
-    save_pretrained(reward_model_from_pretrained(model, seed=2), tmp_path / "rm")
-    rm = reward_model_from_pretrained(tmp_path / "rm")
-    mesh = make_mesh(MeshConfig(1, 1, 1))
+    folder, rm = random_rm
     ids = np.array([[0, 20, 21, 5, 6, 2, 0], [22, 23, 24, 7, 8, 9, 10]], np.int32)  # prompt 3 + response 4
     mask = (ids != 0).astype(np.int32)
     response_mask, finished = mask[:, 3:], np.array([True, False])  # row 1 ran out without EOS
-    kwargs = dict(tokenizer=char_tokenizer(), policy_vocab=rm.config.vocab_size, mesh=mesh, dtype="float32")
     rule = RewardSource(kind="rule", name="target_length_tokens", kwargs={"target": 2}, weight=0.5)
-    scored = Scorer([RewardSource(kind="model", path=str(tmp_path / "rm"), normalize=False, include_eos=False,
-                                  dense=True, weight=2.0), rule], **kwargs)(
-        jax.numpy.asarray(ids), jax.numpy.asarray(mask), 3, response_mask, finished, ["a", "b"], [{}, {}])
-    plain = Scorer([RewardSource(kind="model", path=str(tmp_path / "rm"), normalize=False, include_eos=False,
-                                 weight=2.0), rule], **kwargs)(
-        jax.numpy.asarray(ids), jax.numpy.asarray(mask), 3, response_mask, finished, ["a", "b"], [{}, {}])
+    scored, plain = (score_rollout([RewardSource(kind="model", path=str(folder), normalize=False, include_eos=False,
+                                                 dense=dense, weight=2.0), rule], rm, ids, mask, response_mask, finished)
+                     for dense in (True, False))
     np.testing.assert_allclose(scored.total, plain.total, atol=1e-5)  # the same sequence scores
     rule_part = 0.5 * np.array([1.0, 0.0])  # row 0: 2 tokens then EOS; row 1: no EOS
     np.testing.assert_allclose(scored.terminal, rule_part, atol=1e-6)  # only the rule is paid at the end
@@ -299,18 +298,16 @@ def test_dense_reward_needs_a_reward_model_read_without_eos():
         RewardSource(kind="rule", name="length_control", dense=True)
 
 
-def test_ppo_with_a_dense_reward_model_logs_the_same_sequence_scores(setup, tmp_path):
+def test_ppo_with_a_dense_reward_model_logs_the_same_sequence_scores(setup, random_rm, tmp_path):
     """Dense (prefix-shaped) and terminal use of one reward model sample the same first rollout
     and log the same sequence scores; only the per-token credit, hence the update, differs."""
-    from jaxrlhf.models import reward_model_from_pretrained, save_pretrained
-
     model, prompts = setup
-    save_pretrained(reward_model_from_pretrained(model, seed=2), tmp_path / "rm")
+    folder, _ = random_rm
     cfg = ppo_yaml(tmp_path, model, prompts, iterations=2, extra="  samples_per_prompt: 4\n  group_baseline: true")
     histories = {}
     for dense in ("false", "true"):
         out = tmp_path / f"run-{dense}"
-        rewards = f"rewards=[{{kind: model, path: {tmp_path / 'rm'}, include_eos: false, dense: {dense}}}]"
+        rewards = f"rewards=[{{kind: model, path: {folder}, include_eos: false, dense: {dense}}}]"
         assert main(["ppo", "--config", cfg, "--set", f"output_dir={out}", "--set", rewards]) == 0
         histories[dense] = json.loads((out / "results.json").read_text())["history"]
     plain, dense = histories["false"][0], histories["true"][0]

@@ -167,6 +167,11 @@ class ScoredBatch:
     dense: jax.Array | None
     metrics: dict[str, float]
 
+    def take(self, rows) -> "ScoredBatch":
+        """The scores of ``rows`` only (the metrics stay those of the whole batch)."""
+        return ScoredBatch(self.total[rows], self.terminal[rows], None if self.dense is None else self.dense[rows],
+                           self.metrics)
+
 
 class Scorer:
     """Scores rollouts: reward models on device (same token ids), rules on the host."""
@@ -301,7 +306,6 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
     from jaxrlhf.sharding import make_mesh
     from jaxrlhf.stages.common import prepare_run_dir
     from jaxrlhf.steps.common import make_optimizer
-    from jaxrlhf.stages.ppo_branch import Branched
     from jaxrlhf.steps.ppo import PPOHyper, adaptive_kl_coef, make_rollout, max_variance_subset, ppo_update
 
     out, checkpointer = prepare_run_dir(cfg, resume=resume, stage="ppo")
@@ -397,10 +401,8 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
                            "response_length": float(gen.mask.sum(axis=1).mean())}
         if cfg.train.keep_per_prompt:
             keep = max_variance_subset(scored.total, group, cfg.train.keep_per_prompt)
-            gen = Branched(*(a[keep] for a in (gen.tokens, gen.log_probs, gen.mask, gen.train_mask, gen.finished)))
+            gen, scored = gen.take(keep), scored.take(keep)
             input_ids, attention_mask = input_ids[keep], attention_mask[keep]
-            scored = ScoredBatch(scored.total[keep], scored.terminal[keep],
-                                 None if scored.dense is None else scored.dense[keep], scored.metrics)
             cuts = None if cuts is None else cuts[keep]
             sampled_metrics["trained_score"] = float(scored.total.mean())
         t2 = time.perf_counter()

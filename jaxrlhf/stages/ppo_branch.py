@@ -37,6 +37,10 @@ class Branched:
     train_mask: np.ndarray
     finished: np.ndarray
 
+    def take(self, rows) -> "Branched":
+        """The rollout restricted to ``rows`` (indices into the batch)."""
+        return Branched(*(getattr(self, f.name)[rows] for f in dataclasses.fields(self)))
+
 
 def branch_points(first_mask: np.ndarray, first_finished: np.ndarray, fraction: tuple[float, float],
                   rng: np.random.Generator) -> np.ndarray:
