@@ -83,9 +83,9 @@ class DemoConfig:
         # epochs x 40 iterations); 0.798 with 64 fresh answers x 1 epoch x 30 iterations
         # 8 answers per prompt, only its 2 best and 2 worst trained (sampling is cheap next to
         # training): 0.758 / 0.742 at PPO seeds 0 / 1 against 0.705 / 0.676 training all of 4
-        # With the siblings as the baseline a critic costs more than it gives: without it an
-        # iteration takes ~9 s instead of ~12, and 42 iterations scored 0.788 (seed 0) against
-        # 0.758 for 30 with it, in the same time (the rollouts' RM score still rose at the end)
+        # No critic (the siblings are the baseline): an iteration takes ~9 s instead of ~12, which
+        # pays for the RM's third epoch. Not clearly better per se: 42 iterations scored 0.788 /
+        # 0.669 at seeds 0 / 1 against 0.758 / 0.742 for 30 with a critic, in the same time
         "train": {"iterations": 40, "batch_size": 128, "samples_per_prompt": 8, "keep_per_prompt": 4,
                   "group_baseline": True, "use_critic": False,
                   "epochs": 1, "minibatches": 2, "save_every": 10,
