@@ -149,6 +149,14 @@ def test_critic_free_ppo_needs_the_group_baseline(setup, tmp_path):
     assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) != 0
 
 
+def test_group_std_scale_needs_the_group_baseline():
+    from jaxrlhf.stages.ppo import PPOTrainConfig
+
+    with pytest.raises(ValueError, match="needs group_baseline=true"):
+        PPOTrainConfig(samples_per_prompt=4, group_std_scale=True)
+    assert PPOTrainConfig(samples_per_prompt=4, group_baseline=True, group_std_scale=True).group_std_scale
+
+
 def test_rollout_from_sampler_log_probs_equals_recomputed(setup):
     from jaxrlhf.steps.ppo import PPOHyper, make_rollout
     from jaxrlhf.stages.ppo import init_ppo_state

@@ -132,9 +132,25 @@ def test_group_baseline_subtracts_the_mean_of_the_prompts_other_samples():
     np.testing.assert_allclose(same, 0.0, atol=1e-6)
 
 
+def test_group_std_scale_divides_each_prompts_centred_scores_by_its_spread():
+    # prompt 1 spreads 100x wider than prompt 2: scaled, both pull equally hard
+    scores = np.array([0.0, 1.0, 3.0, 0.0, 0.01, 0.03, 0.5, 0.5, 0.5], np.float32)  # 3 prompts x 3
+    centred = np.asarray(leave_one_out_baseline(scores, 3))
+    spread = scores.reshape(3, 3).std(axis=1).repeat(3) + 1e-4
+    mask, lp = np.ones((9, 2), np.float32), np.zeros((9, 2), np.float32)
+    hyper = PPOHyper(missing_eos_penalty=None, group_size=3, group_baseline=True, group_std_scale=True)
+    rewards, _, shaped = shape_rewards(scores, lp, lp, mask, np.ones(9, bool), np.float32(0.1), hyper)
+    np.testing.assert_allclose(np.asarray(shaped), centred / spread, rtol=1e-4, atol=1e-6)
+    np.testing.assert_allclose(np.asarray(shaped)[:3], np.asarray(shaped)[3:6], rtol=2e-2)
+    np.testing.assert_allclose(np.asarray(rewards)[:, 1], np.asarray(shaped), atol=1e-6)
+    np.testing.assert_allclose(np.asarray(shaped)[6:], 0.0, atol=1e-6)  # all alike: still nothing, no NaN
+
+
 def test_group_baseline_needs_several_samples_per_prompt():
     with pytest.raises(ValueError, match="group_size >= 2"):
         PPOHyper(group_baseline=True, group_size=1)
+    with pytest.raises(ValueError, match="needs group_baseline"):
+        PPOHyper(group_size=4, group_std_scale=True)
 
 
 def test_max_variance_subset_keeps_each_prompts_best_and_worst_in_order():

@@ -56,6 +56,9 @@ class PPOTrainConfig:
     batch_size: int = 16  # responses per iteration (batch_size / samples_per_prompt prompts)
     samples_per_prompt: int = 1  # responses sampled from each prompt
     group_baseline: bool = False  # score minus the mean of the prompt's other responses (RLOO)
+    # and divided by the std of the prompt's scores (GRPO): every prompt's contrast counts alike,
+    # however finely the reward separates its answers
+    group_std_scale: bool = False
     use_critic: bool = True  # False: no value model (needs group_baseline); saves ~40% of a step
     recompute_log_probs: bool = False  # True: the trainer recomputes the sampler's log-probs
     # [lo, hi]: a prompt's samples continue one shared prefix, a first sample cut at a fraction
@@ -87,6 +90,9 @@ class PPOTrainConfig:
                              f"{self.samples_per_prompt}")
         if self.group_baseline and self.samples_per_prompt < 2:
             raise ValueError("group_baseline compares a prompt's responses: it needs samples_per_prompt >= 2")
+        if self.group_std_scale and not self.group_baseline:
+            raise ValueError("group_std_scale divides the group-centred scores by the group's std: "
+                             "it needs group_baseline=true")
         if self.branch_at is not None:
             if len(self.branch_at) != 2 or not 0.0 <= self.branch_at[0] < self.branch_at[1] <= 1.0:
                 raise ValueError(f"branch_at must be [lo, hi] with 0 <= lo < hi <= 1, got {list(self.branch_at)}")
@@ -363,7 +369,8 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
                      entropy_coef=cfg.train.entropy_coef, epochs=cfg.train.epochs,
                      minibatches=cfg.train.minibatches, whiten_advantages=cfg.train.whiten_advantages,
                      missing_eos_penalty=cfg.train.missing_eos_penalty, score_clip=cfg.train.score_clip,
-                     group_size=cfg.train.keep_per_prompt or group, group_baseline=cfg.train.group_baseline)
+                     group_size=cfg.train.keep_per_prompt or group, group_baseline=cfg.train.group_baseline,
+                     group_std_scale=cfg.train.group_std_scale)
     prompt_len = cfg.data.max_prompt_length
     sample = jax.jit(functools.partial(generate, actor_graphdef, config=cfg.rollout, eos_id=eos_id,
                                        pad_id=pad_id))

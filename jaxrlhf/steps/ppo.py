@@ -44,6 +44,7 @@ class PPOHyper:
     score_clip: float = 0.0  # > 0: clip scores to [-score_clip, score_clip]
     group_size: int = 1  # consecutive rows sampled from the same prompt
     group_baseline: bool = False  # subtract the mean score of the prompt's other samples (RLOO)
+    group_std_scale: bool = False  # then divide by the std of the prompt's scores (GRPO)
 
     def __post_init__(self):
         if self.kl_estimator not in ("k1", "k3"):
@@ -56,6 +57,8 @@ class PPOHyper:
             raise ValueError(f"group_size must be >= 1, got {self.group_size}")
         if self.group_baseline and self.group_size < 2:
             raise ValueError("group_baseline needs group_size >= 2 (samples per prompt)")
+        if self.group_std_scale and not self.group_baseline:
+            raise ValueError("group_std_scale scales the group-centred scores: it needs group_baseline")
 
 
 @flax.struct.dataclass
@@ -117,6 +120,13 @@ def leave_one_out_baseline(scores, group_size: int):
     return (groups - others).reshape(-1)
 
 
+def group_std(scores, group_size: int, eps: float = 1e-4):
+    """[B]: the std of the scores of each row's prompt (its ``group_size`` consecutive rows),
+    plus ``eps`` so that a prompt whose answers all score alike divides by eps, not 0."""
+    groups = scores.reshape(-1, group_size)  # [B / G, G]
+    return jnp.repeat(groups.std(axis=1) + eps, group_size)
+
+
 def max_variance_subset(scores, group_size: int, keep: int):
     """Row indices that keep, of each prompt's ``group_size`` consecutive samples, the
     ``keep // 2`` best and ``keep // 2`` worst by score (in their original order): the subset
@@ -162,7 +172,10 @@ def shape_rewards(scores, log_probs, ref_log_probs, response_mask, finished, kl_
     if hyper.group_baseline:
         # what a prompt's answers share (its limit, its paragraph) cancels: only how this
         # answer did against its siblings remains for the critic and policy to explain
-        scores = leave_one_out_baseline(scores, hyper.group_size)
+        centred = leave_one_out_baseline(scores, hyper.group_size)
+        # GRPO's scaling: a prompt whose answers the reward tells apart by only a little (a reward
+        # model that is flat at some limits) then pulls as hard as one with a large spread
+        scores = centred / group_std(scores, hyper.group_size) if hyper.group_std_scale else centred
     # the last trained token; the mask need not start at 0 (branched rollouts train a suffix)
     last = mask.shape[1] - 1 - jnp.argmax(mask[:, ::-1] > 0, axis=1)
     at_last = jax.nn.one_hot(last, mask.shape[1]) * mask
