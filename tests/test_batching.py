@@ -114,13 +114,17 @@ def assert_cut_changes_nothing(run, batch):
     """The same two steps on a batch stored 48 wide and on the batch cut to a multiple of 8.
 
     Only the reduction order differs; Adam turns that noise on near-zero gradients into steps
-    of up to the learning rate (1e-3), which bounds the parameter difference we can expect."""
+    of up to the learning rate (1e-3), which bounds the parameter difference we can expect.
+    What we see is a few float32 ulps: atol covers parameters near zero, rtol (16 ulps) the
+    norm weights near 1 (measured on one 2-core CPU: 1.19e-6 = 10 ulps at 1.043). A masking
+    or padding bug moves the losses and parameters by orders of magnitude more."""
     cut = trim_padding(batch, 8)
     assert cut["input_ids"].shape[-1] < batch["input_ids"].shape[-1]
     wide_params, wide_losses = run(batch)
     cut_params, cut_losses = run(cut)
     np.testing.assert_allclose(wide_losses, cut_losses, rtol=1e-5)
-    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), wide_params, cut_params)
+    jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, rtol=2e-6, atol=1e-6), wide_params,
+                 cut_params)
 
 
 def test_cut_rm_batch_gives_the_same_steps(model_dir):
