@@ -60,7 +60,7 @@ def add_data(sub) -> None:
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
     lc = tasks.add_parser(
         "length-control", help="length-controlled summarisation data",
-        description="Write sft.jsonl, rm.jsonl (3 ranked answers per prompt), dpo.jsonl, "
+        description="Write sft.jsonl, rm.jsonl (4 ranked answers per prompt), dpo.jsonl, "
                     "ppo_prompts.jsonl and test.jsonl for the length-control task, deterministically "
                     "from the seed, from the embedded source text or --source files.")
     lc.add_argument("--out", required=True, metavar="DIR")

@@ -15,7 +15,7 @@ from jaxrlhf.tasks.length_control import (SCORE_LEVELS, TEMPLATES, build_char_to
                                           chinese_number, chinese_numeral, count_chars, evaluate_predictions,
                                           format_distribution, make_compression, parse_limit, score, split_clauses)
 from jaxrlhf.tasks.length_control.corpus import generate_paragraph
-from jaxrlhf.tasks.length_control.data import RM_BEST_ERROR, _whole, rm_row, sft_row
+from jaxrlhf.tasks.length_control.data import RM_BEST_ERROR, _whole, closeness, rm_row, sft_row
 from jaxrlhf.tasks.length_control.data import main as data_main
 
 SMALL = dict(n_sft=60, n_rm=30, n_test=20, n_ppo_prompts=15)
@@ -214,25 +214,40 @@ def test_make_compression_is_extractive_and_hits_the_target():
 
 def test_rm_rows_are_drafts_of_one_compression_on_both_sides_of_the_limit():
     rng = np.random.default_rng(2)
-    sides = {"short": 0, "long": 0}
+    sides, near_misses = {"short": 0, "long": 0}, {"in band": 0}
     for _ in range(200):
         paragraph = generate_paragraph(rng)
         limit = 5 * int(rng.integers(1, int(0.8 * count_chars(paragraph)) // 5 + 1))
         row = rm_row(paragraph, limit, rng)
         answers = [r[0] for r in row["response"]]
-        assert row["score"] == [score(a, limit) for a in answers] == sorted(row["score"], reverse=True)
+        assert len(answers) == len(set(answers)) == 4
+        # ranked by closeness to the limit, unbinned: 1 - |count / limit - 1|
         counts = [count_chars(a) for a in answers]
+        assert row["score"] == [round(1 - abs(c / limit - 1), 4) for c in counts]
+        assert row["score"] == sorted(row["score"], reverse=True)
+        assert [score(a, limit) for a in answers] == sorted((score(a, limit) for a in answers), reverse=True)
         if max(counts) == count_chars(_whole(paragraph)):
             continue  # the long draft hit the whole paragraph: no cut clause to compare
         # one near the limit (up to one character of rounding), one under it, one over it
         assert abs(counts[0] - limit) <= max(1, round(RM_BEST_ERROR * limit) + 1), (limit, answers)
         sides["short"] += min(counts) < limit
         sides["long"] += max(counts) > limit
+        # and a near miss inside the rule's scoring band (the rounding of short limits aside)
+        near_misses["in band"] += any(0 < abs(c - limit) <= 0.25 * limit + 1 for c in counts[1:])
         # the same clauses in the same order: a shorter draft's whole clauses are in the longer one
         by_length = sorted(answers, key=count_chars)
         for shorter, longer in zip(by_length, by_length[1:]):
             assert all(c in longer for c in split_clauses(shorter)[:-1]), (shorter, longer)
-    assert min(sides.values()) >= 150
+    assert min(sides.values()) >= 150 and near_misses["in band"] >= 150
+
+
+def test_closeness_ranks_what_the_rule_ties():
+    from jaxrlhf.tasks.length_control.data import closeness
+
+    assert closeness("十个字十个字十个字十", 10) == 1.0
+    assert score("十" * 14, 10) == score("十" * 25, 10) == 0.0  # the rule ties them
+    assert closeness("十" * 14, 10) == 0.6 > closeness("十" * 25, 10) == -0.5
+    assert closeness("十 个", 4) == 0.5  # whitespace is not counted, as in the rule
 
 
 def test_sft_answers_miss_the_limit_and_run_long_on_average():
@@ -290,11 +305,11 @@ def test_files_load_with_the_trainers_loaders(full_data):
     sft, report = load_sft_data(str(full_data["sft"]))
     assert len(sft) == 3000 and sum(report.skipped.values()) == 0
     for row in read(full_data["rm"]):
-        assert set(row) == {"prompt", "response", "score"} and len(row["response"]) == 3
+        assert set(row) == {"prompt", "response", "score"} and len(row["response"]) == 4
         limit = parse_limit(row["prompt"])
-        assert row["score"] == [score(r[0], limit) for r in row["response"]]
+        assert row["score"] == [closeness(r[0], limit) for r in row["response"]]
         assert row["score"] == sorted(row["score"], reverse=True) and len(set(row["score"])) > 1
-        assert len({r[0] for r in row["response"]}) == 3
+        assert len({r[0] for r in row["response"]}) == 4
     for row in read(full_data["dpo"]):
         limit = parse_limit(row["prompt"])
         assert score(row["chosen"], limit) > score(row["rejected"], limit)

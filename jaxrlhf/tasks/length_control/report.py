@@ -60,7 +60,7 @@ def write_report(out: Path, *, evals: dict, results: dict, timings: dict) -> Pat
     rm_train = _metrics(out / "rm" / "metrics.jsonl", "train")
     sft_eval = (results.get("sft") or {}).get("eval", {})
     nan = float("nan")
-    rm_sentence = ("Reward model (3 ranked answers per prompt, K-wise ranking loss): "
+    rm_sentence = ("Reward model (4 ranked answers per prompt, K-wise ranking loss): "
                    + (f"train loss {rm_train[-1]['loss']:.4f}, " if rm_train else "")
                    + f"eval loss {rm_eval.get('loss', nan):.4f}, eval pairwise accuracy "
                    f"{rm_eval.get('pair_accuracy', nan):.3f}, top-1 accuracy {rm_eval.get('top1_accuracy', nan):.3f}. "
