@@ -43,7 +43,7 @@ def random_rm(setup, tmp_path_factory):
 def score_rollout(sources, rm, ids, mask, response_mask, finished):
     """The Scorer's ScoredBatch for a 2-row rollout whose prompts are 3 tokens."""
     from jaxrlhf.sharding import MeshConfig, make_mesh
-    from jaxrlhf.stages.ppo import Scorer
+    from jaxrlhf.stages.ppo_scoring import Scorer
     from rm_fixtures import char_tokenizer
 
     scorer = Scorer(sources, tokenizer=char_tokenizer(), policy_vocab=rm.config.vocab_size,
@@ -127,7 +127,8 @@ def test_ppo_with_several_samples_per_prompt_and_a_group_baseline_learns(setup, 
 
 def test_critic_free_ppo_learns_and_resumes_without_a_value_model(setup, tmp_path):
     model, prompts = setup
-    extra = "  samples_per_prompt: 4\n  group_baseline: true\n  use_critic: false\n  save_every: 10"
+    # with the moving average of the weights, which is part of the checkpointed state
+    extra = "  samples_per_prompt: 4\n  group_baseline: true\n  use_critic: false\n  save_every: 10\n  ema_decay: 0.9"
     cfg = ppo_yaml(tmp_path, model, prompts, iterations=50, extra=extra)
     assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) == 0
     history = json.loads((tmp_path / "run" / "results.json").read_text())["history"]
@@ -141,6 +142,28 @@ def test_critic_free_ppo_learns_and_resumes_without_a_value_model(setup, tmp_pat
     # a critic-free state (critic None) checkpoints and resumes: 50 -> 55 iterations
     assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}",
                  "--set", "train.iterations=55", "--resume"]) == 0
+
+
+def test_ema_decay_exports_the_moving_average_of_the_actors_weights(setup, tmp_path):
+    """final/ = 0.25 * start + 0.25 * after one iteration + 0.5 * after two at decay 0.5; the
+    average does not change training (runs of 1 and 2 iterations without it give the iterates)."""
+    model, prompts = setup
+    extra = "  samples_per_prompt: 4\n  group_baseline: true\n  use_critic: false"
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=2, batch=8, extra=extra)
+    weights = {}
+    for name, sets in (("one", ["train.iterations=1"]), ("two", []), ("ema", ["train.ema_decay=0.5"])):
+        args = ["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / name}"]
+        assert main(args + [a for s in sets for a in ("--set", s)]) == 0
+        weights[name] = load_file(tmp_path / name / "final" / "model.safetensors")
+    results = json.loads((tmp_path / "ema" / "results.json").read_text())
+    assert results["final_weights"] == "ema 0.5"
+    start = load_file(os.path.join(model, "model.safetensors"))
+    moved = 0
+    for key, value in weights["ema"].items():
+        expected = 0.25 * start[key] + 0.25 * weights["one"][key] + 0.5 * weights["two"][key]
+        np.testing.assert_allclose(value, expected, atol=1e-6, err_msg=key)
+        moved += not np.allclose(weights["two"][key], start[key])
+    assert moved > 0  # the policy did train
 
 
 def test_critic_free_ppo_needs_the_group_baseline(setup, tmp_path):

@@ -174,3 +174,24 @@ def test_keep_per_prompt_is_validated():
             PPOTrainConfig(batch_size=64, samples_per_prompt=8, keep_per_prompt=keep, minibatches=2)
     with pytest.raises(ValueError, match="not a multiple of minibatches"):
         PPOTrainConfig(batch_size=24, samples_per_prompt=8, keep_per_prompt=2, minibatches=4)  # 6 trained
+
+
+def test_update_ema_averages_the_params_in_float32_and_is_validated():
+    import jax.numpy as jnp
+
+    from jaxrlhf.stages.ppo import PPOTrainConfig
+    from jaxrlhf.steps.ppo import update_ema
+
+    rng = np.random.default_rng(0)
+    ema = {"w": rng.normal(size=(3, 4)).astype(np.float32), "b": np.zeros(4, np.float32)}
+    params = {"w": jnp.asarray(rng.normal(size=(3, 4)), jnp.bfloat16), "b": jnp.ones(4, jnp.bfloat16)}
+    new = update_ema(ema, params, 0.9)
+    for k in ema:
+        assert new[k].dtype == jnp.float32
+        np.testing.assert_allclose(new[k], 0.9 * ema[k] + 0.1 * np.asarray(params[k], np.float32), rtol=1e-6)
+    assert update_ema(None, params, 0.9) is None  # averaging off
+    for bad in (0.0, 1.0, 1.5):
+        with pytest.raises(ValueError, match="ema_decay must be in"):
+            PPOHyper(ema_decay=bad)
+        with pytest.raises(ValueError, match="ema_decay must be in"):
+            PPOTrainConfig(ema_decay=bad)

@@ -26,6 +26,7 @@ from jaxrlhf.config import ConfigError, ModelConfig
 from jaxrlhf.generate import SamplingConfig
 from jaxrlhf.rewards import RewardSource
 from jaxrlhf.sharding import MeshConfig
+from jaxrlhf.stages.ppo_scoring import Scorer
 from jaxrlhf.steps.common import OptimConfig
 
 log = logging.getLogger(__name__)
@@ -67,6 +68,9 @@ class PPOTrainConfig:
     # train on this many of each prompt's samples: its keep/2 best and keep/2 worst by score
     # (max-variance down-sampling); None trains on all of them. batch_size counts samples drawn
     keep_per_prompt: int | None = None
+    # the exported policy (final/) is the exponential moving average of the actor's weights
+    # over iterations, ema <- d * ema + (1 - d) * actor after each; None exports the last iterate
+    ema_decay: float | None = None
     epochs: int = 4  # PPO epochs over each rollout
     minibatches: int = 4
     clip_ratio: float = 0.2
@@ -110,6 +114,8 @@ class PPOTrainConfig:
                                  f"x keep_per_prompt) are not a multiple of minibatches {self.minibatches}")
         elif self.batch_size % self.minibatches:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of minibatches {self.minibatches}")
+        if self.ema_decay is not None and not 0.0 < self.ema_decay < 1.0:
+            raise ValueError(f"ema_decay must be in (0, 1) (or null for no averaging), got {self.ema_decay}")
         if not self.use_critic and not self.group_baseline:
             raise ValueError("use_critic=false leaves the prompt's other responses as the only baseline: "
                              "it needs group_baseline=true (and samples_per_prompt >= 2)")
@@ -142,111 +148,6 @@ class PPOConfig:
             raise ValueError("rollout.temperature must be > 0 for PPO")
 
 
-# --------------------------------------------------------------------------- scoring
-
-
-def _reward_model_scores(graphdef, state, input_ids, attention_mask, *, normalize: bool):
-    rm = nnx.merge(graphdef, state)
-    rewards = rm(input_ids, attention_mask)
-    return rm.normalized(rewards) if normalize else rewards
-
-
-def _reward_model_prefix_scores(graphdef, state, input_ids, attention_mask, *, prompt_len: int,
-                                normalize: bool):
-    """[B, N + 1]: the RM's score of prompt + the first j response tokens, j = 0..N. Causal
-    attention makes the value at a position the score of the sequence ending there, so one
-    forward scores every prefix."""
-    rm = nnx.merge(graphdef, state)
-    values = rm.token_values(input_ids, attention_mask)[:, prompt_len - 1:]
-    return rm.normalized(values) if normalize else values
-
-
-@dataclasses.dataclass
-class ScoredBatch:
-    """total: [B] the weighted sequence score (what is logged as ``score``); terminal: [B] the
-    part paid at the last token; dense: [B, N] per-token rewards of ``dense`` reward models
-    (prefix shaping) or None. total = terminal + the dense rows' sums + each dense model's
-    score of the empty answer."""
-
-    total: np.ndarray
-    terminal: np.ndarray
-    dense: jax.Array | None
-    metrics: dict[str, float]
-
-    def take(self, rows) -> "ScoredBatch":
-        """The scores of ``rows`` only (the metrics stay those of the whole batch)."""
-        return ScoredBatch(self.total[rows], self.terminal[rows], None if self.dense is None else self.dense[rows],
-                           self.metrics)
-
-
-class Scorer:
-    """Scores rollouts: reward models on device (same token ids), rules on the host."""
-
-    def __init__(self, sources, *, tokenizer, policy_vocab: int, mesh, dtype: str):
-        from jaxrlhf.models import reward_model_from_pretrained
-        from jaxrlhf.rewards import get_rule
-
-        self.sources, self.tokenizer, self.models, self.rules = list(sources), tokenizer, {}, {}
-        self.eos_ids = [tokenizer.eos_token_id]
-        self.dense_keys = set()
-        for i, source in enumerate(self.sources):
-            key = f"{source.kind}:{source.path or source.name}#{i}"
-            if source.kind == "model":
-                rm = reward_model_from_pretrained(source.path, dtype=dtype, mesh=mesh)
-                if rm.config.vocab_size != policy_vocab:
-                    raise ConfigError(f"reward model {source.path} has vocab {rm.config.vocab_size}, the "
-                                      f"policy {policy_vocab}: it must score the policy's token ids")
-                graphdef, state = nnx.split(rm)
-                if source.dense:
-                    self.dense_keys.add(key)
-                    forward = jax.jit(functools.partial(_reward_model_prefix_scores, graphdef,
-                                                        normalize=source.normalize), static_argnames="prompt_len")
-                else:
-                    forward = jax.jit(functools.partial(_reward_model_scores, graphdef,
-                                                        normalize=source.normalize))
-                self.models[key] = (forward, state, source.include_eos)
-            else:
-                self.rules[key] = functools.partial(get_rule(source.name), **source.kwargs)
-        self.weights = {f"{s.kind}:{s.path or s.name}#{i}": s.weight for i, s in enumerate(self.sources)}
-        self.keys = list(self.weights)
-
-    def __call__(self, input_ids, attention_mask, prompt_len, response_mask, finished, prompts,
-                 meta) -> ScoredBatch:
-        from jaxrlhf.rewards import TextBatch, combine
-        from jaxrlhf.steps.ppo import prefix_shaping
-
-        parts, dense = {}, None
-        eos = jnp.isin(input_ids[:, prompt_len:], jnp.asarray(self.eos_ids))
-        answer_mask = jnp.asarray(response_mask) * (~eos).astype(jnp.int32)  # [B, N] response tokens but EOS
-        for key, (forward, state, include_eos) in self.models.items():
-            if key in self.dense_keys:
-                potentials = forward(state, input_ids, attention_mask, prompt_len=prompt_len)  # [B, N + 1]
-                answer_len = answer_mask.sum(axis=1)
-                parts[key] = np.asarray(jnp.take_along_axis(potentials, answer_len[:, None], axis=1)[:, 0])
-                shaped = self.weights[key] * prefix_shaping(potentials, answer_mask)
-                dense = shaped if dense is None else dense + shaped
-                continue
-            mask = attention_mask
-            if not include_eos:  # the RM was trained on answers without EOS: read at the last answer token
-                mask = mask.at[:, prompt_len:].set(mask[:, prompt_len:] * (~eos).astype(mask.dtype))
-            parts[key] = np.asarray(forward(state, input_ids, mask))
-        if self.rules:
-            tokens = np.asarray(input_ids)[:, prompt_len:]
-            mask = np.asarray(response_mask)
-            done = np.asarray(finished)
-            texts = [self.tokenizer.decode(t[: int(m.sum()) - int(d)], skip_special_tokens=True)
-                     for t, m, d in zip(tokens, mask, done)]
-            batch = TextBatch(prompts, texts, tokens, mask, done, meta)
-            for key, rule in self.rules.items():
-                parts[key] = np.asarray(rule(batch), np.float32)
-        metrics = {f"reward_{k.split('#')[0].replace(':', '_')}": float(np.mean(v)) for k, v in parts.items()}
-        total = combine(parts, self.weights).astype(np.float32)
-        terminal_parts = {k: v for k, v in parts.items() if k not in self.dense_keys}
-        terminal = (combine(terminal_parts, self.weights).astype(np.float32) if terminal_parts
-                    else np.zeros_like(total))
-        return ScoredBatch(total, terminal, dense, metrics)
-
-
 # --------------------------------------------------------------------------- the run
 
 
@@ -275,9 +176,10 @@ def _sample_rollout(sample, params, batch: dict, group: int, key, branch_at, rng
 
 
 def init_ppo_state(actor_params, actor_buffers, critic_params, critic_buffers, actor_tx, critic_tx,
-                   *, kl_coef: float, seed: int, mesh):
+                   *, kl_coef: float, seed: int, mesh, ema: bool = False):
     """The PPO state materialised with explicit shardings (params by their logical axes,
-    optimizer moments alongside, scalars replicated), and those shardings."""
+    optimizer moments alongside, scalars replicated), and those shardings. ``ema``: the state
+    also keeps a float32 moving average of the actor's params, starting at them."""
     from jax.sharding import NamedSharding, PartitionSpec as P
 
     from jaxrlhf.steps.common import init_train_state, train_state_shardings
@@ -289,15 +191,17 @@ def init_ppo_state(actor_params, actor_buffers, critic_params, critic_buffers, a
                         critic=(None if critic_params is None else
                                 init_train_state(critic_params, critic_buffers, critic_tx, seed + 1)),
                         kl_coef=jnp.asarray(kl_coef, jnp.float32),
-                        rng=jax.random.key_data(jax.random.key(seed)))
+                        rng=jax.random.key_data(jax.random.key(seed)),
+                        ema=(jax.tree.map(lambda p: p.astype(jnp.float32), actor_params) if ema else None))
 
     abstract = jax.eval_shape(init)
     replicated = NamedSharding(mesh, P())
-    shardings = PPOState(iteration=replicated,
-                         actor=train_state_shardings(abstract.actor, mesh, actor_tx),
+    actor_sh = train_state_shardings(abstract.actor, mesh, actor_tx)
+    shardings = PPOState(iteration=replicated, actor=actor_sh,
                          critic=(None if critic_params is None else
                                  train_state_shardings(abstract.critic, mesh, critic_tx)),
-                         kl_coef=replicated, rng=replicated)
+                         kl_coef=replicated, rng=replicated,
+                         ema=actor_sh.params if ema else None)  # sharded like the params it averages
     with jax.set_mesh(mesh):
         state = jax.jit(init, out_shardings=shardings)()
     return state, shardings
@@ -358,7 +262,8 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
     _, ref_params, ref_buffers = nnx.split(reference, nnx.Param, ...)
     ref = (ref_params, ref_buffers)
     state, state_sh = init_ppo_state(actor_params, actor_buffers, critic_params, critic_buffers,
-                                     actor_tx, critic_tx, kl_coef=cfg.kl.coef, seed=cfg.seed, mesh=mesh)
+                                     actor_tx, critic_tx, kl_coef=cfg.kl.coef, seed=cfg.seed, mesh=mesh,
+                                     ema=cfg.train.ema_decay is not None)
     if resume and checkpointer.latest_step() is not None:
         state, meta = checkpointer.restore(None, state)
         log.info("resumed at iteration %d", int(state.iteration))
@@ -370,7 +275,7 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
                      minibatches=cfg.train.minibatches, whiten_advantages=cfg.train.whiten_advantages,
                      missing_eos_penalty=cfg.train.missing_eos_penalty, score_clip=cfg.train.score_clip,
                      group_size=cfg.train.keep_per_prompt or group, group_baseline=cfg.train.group_baseline,
-                     group_std_scale=cfg.train.group_std_scale)
+                     group_std_scale=cfg.train.group_std_scale, ema_decay=cfg.train.ema_decay)
     prompt_len = cfg.data.max_prompt_length
     sample = jax.jit(functools.partial(generate, actor_graphdef, config=cfg.rollout, eos_id=eos_id,
                                        pad_id=pad_id))
@@ -448,12 +353,17 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
         checkpointer.save(iterations, state, {"iteration": iterations})
     checkpointer.wait()
 
-    final = nnx.merge(actor_graphdef, state.actor.params, state.actor.buffers)
+    final_params = state.actor.params
+    if state.ema is not None:  # the averaged weights, in the params' own dtypes
+        final_params = jax.tree.map(lambda e, p: e.astype(p.dtype), state.ema, state.actor.params)
+        log.info("final/ holds the moving average of the actor's weights (decay %g)", cfg.train.ema_decay)
+    final = nnx.merge(actor_graphdef, final_params, state.actor.buffers)
     save_pretrained(final, out / "final", tokenizer=tokenizer)
     if state.critic is not None:
         save_pretrained(nnx.merge(critic_graphdef, state.critic.params, state.critic.buffers), out / "critic")
     results = {"steps": iterations, "iterations": iterations, "history": history,
-               "data": {"prompts": report.as_dict()}, "final_model": str(out / "final")}
+               "data": {"prompts": report.as_dict()}, "final_model": str(out / "final"),
+               "final_weights": "last iterate" if state.ema is None else f"ema {cfg.train.ema_decay:g}"}
     if history:
         last = history[-1]
         results["eval"] = {k: last[k] for k in ("score", "kl", "response_length", "policy_loss", "value_loss")
