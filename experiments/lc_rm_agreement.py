@@ -4,7 +4,7 @@
 
 Samples ``--samples`` answers per test prompt from POLICY_DIR at temperature 1 (written to
 OUT.jsonl, reused if it exists), scores them with each RM (read at the last answer token, as
-the demo's PPO does) and prints, within each prompt's group: the Spearman correlation of the
+the demo's RM stage lays them out) and prints, within each prompt's group: the Spearman correlation of the
 RM's scores with closeness to the limit, and the rule score of the RM's favourite and least
 favourite answer against the group mean and the best any ranking could pick.
 """
@@ -16,6 +16,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.stats import spearmanr
 
+from jaxrlhf.data.tokenize import layout_sequences
 from jaxrlhf.generate import SamplingConfig
 from jaxrlhf.models import load_tokenizer, reward_model_from_pretrained
 from jaxrlhf.stages.demo import DemoConfig
@@ -37,22 +38,22 @@ if not out.exists():
     prompts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows for _ in range(group)),
                        encoding="utf-8")
     generate_file(a.policy, str(prompts), str(out), config=SamplingConfig(max_new_tokens=100, temperature=1.0),
-                  batch_size=128, max_prompt_length=DemoConfig.max_prompt_length)
+                  batch_size=128, max_prompt_length=DemoConfig().max_prompt_length)
 rows = [json.loads(x) for x in open(out, encoding="utf-8")]
 closeness = np.array([1 - abs(count_chars(r["response"]) / r["limit"] - 1) for r in rows]).reshape(-1, group)
 rule = np.array([score(r["response"], r["limit"]) for r in rows]).reshape(-1, group)
+demo = DemoConfig()
+prompts = [r["prompt"] for r in rows[::group]]
+answers = [[r["response"] for r in rows[i:i + group]] for i in range(0, len(rows), group)]
 for rm_dir in a.rm_dirs:
     rm, tok = reward_model_from_pretrained(rm_dir), load_tokenizer(rm_dir)
-    rewards = []
-    for start in range(0, len(rows), 64):
-        seqs = [tok(r["prompt"])["input_ids"] + tok(r["response"], add_special_tokens=False)["input_ids"]
-                for r in rows[start:start + 64]]
-        width = -(-max(map(len, seqs)) // 32) * 32  # few shapes, few compilations
-        ids = np.zeros((64, width), np.int32)
-        mask = np.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)], mask[i, :len(s)] = s, 1
-        rewards.append(np.asarray(rm(jnp.asarray(ids), jnp.asarray(mask)))[:len(seqs)])
+    # laid out exactly as the RM stage trains on them: input_ids, attention_mask [prompts, group, T]
+    input_ids, attention_mask, _, _ = layout_sequences(
+        prompts, answers, tok, max_length=demo.max_length, min_prompt_tokens=None,
+        append_eos=demo.rm["data"]["append_eos"], num_slots=group, report=None)
+    rewards = [np.asarray(rm(jnp.asarray(input_ids[i:i + 8].reshape(-1, input_ids.shape[-1])),
+                             jnp.asarray(attention_mask[i:i + 8].reshape(-1, input_ids.shape[-1]))))
+               for i in range(0, len(prompts), 8)]
     reward = np.concatenate(rewards).reshape(-1, group)
     rho = [spearmanr(r, c)[0] for r, c in zip(reward, closeness) if np.std(c) > 0 and np.std(r) > 0]
     pick = np.arange(len(reward))

@@ -242,7 +242,7 @@ def test_rm_rows_are_compressions_cut_on_both_sides_of_the_limit():
         mixed += not all(all(c in longer for c in split_clauses(shorter)[:-1])
                          for shorter, longer in zip(by_length, by_length[1:]))
     assert min(sides.values()) >= 150 and near_misses["in band"] >= 150
-    assert mixed >= 50  # rows whose drafts differ in content as well as in length
+    assert mixed >= 90  # rows whose drafts differ in content as well as in length (111 of 171)
 
 
 def test_closeness_ranks_what_the_rule_ties():
