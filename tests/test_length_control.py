@@ -366,7 +366,7 @@ def test_sft_answers_are_imperfect_like_human_data(full_data):
     assert min(meta["sft_score_distribution"].values()) >= 30  # every level occurs (0.0 the rarest)
     assert meta["counts"]["test"] == 260 and meta["sources"] == ["embedded"] and "licence" in meta
     ranks = meta["rm_mean_score_by_rank"]
-    assert ranks[0] > 0.9 and ranks[0] > ranks[1] > ranks[2]
+    assert len(ranks) == 4 and ranks[0] > 0.9 and ranks[0] > ranks[1] > ranks[2] > ranks[3]
 
 
 def test_source_txt_file(tmp_path):

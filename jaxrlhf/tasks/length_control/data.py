@@ -342,8 +342,8 @@ def build_length_control_data(out_dir, *, seed: int = 0, source=None, n_sft: int
         "paragraph_chars": list(paragraph_chars) if source is None else None,
         "sft_mean_score": round(float(np.mean(sft_scores)), 4) if sft else None,
         "sft_score_distribution": {str(level): sft_scores.count(level) for level in SCORE_LEVELS},
-        "rm_mean_score_by_rank": [round(float(np.mean([r["score"][k] for r in rm])), 4) for k in range(3)]
-                                 if rm else [],
+        "rm_mean_score_by_rank": [round(float(np.mean([r["score"][k] for r in rm])), 4)
+                                  for k in range(min(len(r["score"]) for r in rm))] if rm else [],
         "templates": len(TEMPLATES),
     }
     paths["meta"] = out / "meta.json"
