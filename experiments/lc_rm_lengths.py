@@ -4,8 +4,8 @@
 
 For up to ``--prompts`` test prompts of each limit, cuts the prompt's own paragraph to every
 length from about 0.5x to 2x the limit (``make_compression`` with a fixed clause order, so
-the drafts differ only in where they stop), scores them with the RM read at the last
-answer token (as the demo's PPO does), and prints the lengths the RM rated best and its
+the drafts differ only in where they stop), scores them with the RM laid out as the RM
+stage trains (prompt + answer + EOS, ``layout_sequences``), and prints the lengths the RM rated best and its
 mean reward (minus each prompt's mean) at every length. An RM that compares length with
 the limit peaks at the limit; the demo's peaks at 10-13 characters for a limit of 5.
 """
@@ -15,7 +15,9 @@ import json
 import jax.numpy as jnp
 import numpy as np
 
+from jaxrlhf.data.tokenize import layout_sequences
 from jaxrlhf.models import load_tokenizer, reward_model_from_pretrained
+from jaxrlhf.stages.demo import DemoConfig
 from jaxrlhf.tasks.length_control.data import make_compression
 from jaxrlhf.tasks.length_control.score import count_chars
 
@@ -26,6 +28,7 @@ p.add_argument("--limits", type=int, nargs="+", default=[5, 10, 15, 20, 30])
 p.add_argument("--prompts", type=int, default=12)
 a = p.parse_args()
 rm, tok = reward_model_from_pretrained(a.rm_dir), load_tokenizer(a.rm_dir)
+demo = DemoConfig()
 read = lambda name: [json.loads(x) for x in open(f"{a.data_dir}/{name}.jsonl", encoding="utf-8")]
 paragraphs = [s["text"] for s in read("source") if s["split"] == "test"]
 test = read("test")
@@ -37,11 +40,11 @@ for limit in a.limits:
         if paragraph is None:
             continue
         answers = [make_compression(paragraph, n, np.random.default_rng(1)) for n in lengths]
-        seqs = [tok(row["prompt"])["input_ids"] + tok(x, add_special_tokens=False)["input_ids"] for x in answers]
-        ids = np.zeros((len(seqs), max(map(len, seqs))), np.int32)
-        mask = np.zeros_like(ids)
-        for i, s in enumerate(seqs):
-            ids[i, :len(s)], mask[i, :len(s)] = s, 1
+        # Laid out as the RM stage trains (prompt + answer + EOS), one row of len(lengths) slots.
+        ids, mask, _, _ = layout_sequences([row["prompt"]], [answers], tok, max_length=demo.max_length,
+                                           min_prompt_tokens=None, append_eos=demo.rm["data"]["append_eos"],
+                                           num_slots=len(answers), report=None)
+        ids, mask = ids[0], mask[0]
         reward = np.asarray(rm.normalized(rm(jnp.asarray(ids), jnp.asarray(mask))))
         total += reward - reward.mean()
         best.append(count_chars(answers[int(reward.argmax())]))
