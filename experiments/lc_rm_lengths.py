@@ -5,9 +5,10 @@
 For up to ``--prompts`` test prompts of each limit, cuts the prompt's own paragraph to every
 length from about 0.5x to 2x the limit (``make_compression`` with a fixed clause order, so
 the drafts differ only in where they stop), scores them with the RM laid out as the RM
-stage trains (prompt + answer + EOS, ``layout_sequences``), and prints the lengths the RM rated best and its
-mean reward (minus each prompt's mean) at every length. An RM that compares length with
-the limit peaks at the limit; the demo's peaks at 10-13 characters for a limit of 5.
+stage trains (prompt + answer + EOS, ``layout_sequences``), and prints the lengths the RM
+rated best and its mean reward (minus each prompt's mean) at every length. An RM that
+compares length with the limit peaks at the limit; run19's RM peaks at 5 characters for a
+limit of 5 (3 prompts) and at 29-35 for a limit of 30.
 """
 import argparse
 import json
