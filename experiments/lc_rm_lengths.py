@@ -5,7 +5,7 @@
 For up to ``--prompts`` test prompts of each limit, cuts the prompt's own paragraph to every
 length from about 0.5x to 2x the limit (``make_compression`` with a fixed clause order, so
 the drafts differ only in where they stop), scores them with the RM laid out as the RM
-stage trains (prompt + answer + EOS, ``layout_sequences``), and prints the lengths the RM
+stage trains (``layout_sequences`` with the demo's ``append_eos``), and prints the lengths the RM
 rated best and its mean reward (minus each prompt's mean) at every length. An RM that
 compares length with the limit peaks at the limit; run19's RM peaks at 5 characters for a
 limit of 5 (3 prompts) and at 29-35 for a limit of 30.
@@ -41,7 +41,7 @@ for limit in a.limits:
         if paragraph is None:
             continue
         answers = [make_compression(paragraph, n, np.random.default_rng(1)) for n in lengths]
-        # Laid out as the RM stage trains (prompt + answer + EOS), one row of len(lengths) slots.
+        # Laid out as the RM stage trains, one row of len(lengths) slots.
         ids, mask, _, _ = layout_sequences([row["prompt"]], [answers], tok, max_length=demo.max_length,
                                            min_prompt_tokens=None, append_eos=demo.rm["data"]["append_eos"],
                                            num_slots=len(answers), report=None)
