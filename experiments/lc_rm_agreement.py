@@ -21,7 +21,10 @@ from jaxrlhf.generate import SamplingConfig
 from jaxrlhf.models import load_tokenizer, reward_model_from_pretrained
 from jaxrlhf.stages.demo import DemoConfig
 from jaxrlhf.stages.sample import generate_file
-from jaxrlhf.tasks.length_control.score import count_chars, score
+from jaxrlhf.tasks.length_control.data import closeness as closeness_of
+from jaxrlhf.tasks.length_control.score import score
+
+PROMPTS_PER_FORWARD = 8  # prompts (x --samples answers) per RM call: bounds memory
 
 p = argparse.ArgumentParser()
 p.add_argument("test")
@@ -40,7 +43,7 @@ if not out.exists():
     generate_file(a.policy, str(prompts), str(out), config=SamplingConfig(max_new_tokens=100, temperature=1.0),
                   batch_size=128, max_prompt_length=DemoConfig().max_prompt_length)
 rows = [json.loads(x) for x in open(out, encoding="utf-8")]
-closeness = np.array([1 - abs(count_chars(r["response"]) / r["limit"] - 1) for r in rows]).reshape(-1, group)
+closeness = np.array([closeness_of(r["response"], r["limit"]) for r in rows]).reshape(-1, group)
 rule = np.array([score(r["response"], r["limit"]) for r in rows]).reshape(-1, group)
 demo = DemoConfig()
 prompts = [r["prompt"] for r in rows[::group]]
@@ -51,9 +54,10 @@ for rm_dir in a.rm_dirs:
     input_ids, attention_mask, _, _ = layout_sequences(
         prompts, answers, tok, max_length=demo.max_length, min_prompt_tokens=None,
         append_eos=demo.rm["data"]["append_eos"], num_slots=group, report=None)
-    rewards = [np.asarray(rm(jnp.asarray(input_ids[i:i + 8].reshape(-1, input_ids.shape[-1])),
-                             jnp.asarray(attention_mask[i:i + 8].reshape(-1, input_ids.shape[-1]))))
-               for i in range(0, len(prompts), 8)]
+    t = input_ids.shape[-1]
+    rewards = [np.asarray(rm(jnp.asarray(input_ids[i:i + PROMPTS_PER_FORWARD].reshape(-1, t)),
+                             jnp.asarray(attention_mask[i:i + PROMPTS_PER_FORWARD].reshape(-1, t))))
+               for i in range(0, len(prompts), PROMPTS_PER_FORWARD)]
     reward = np.concatenate(rewards).reshape(-1, group)
     rho = [spearmanr(r, c)[0] for r, c in zip(reward, closeness) if np.std(c) > 0 and np.std(r) > 0]
     pick = np.arange(len(reward))

@@ -9,10 +9,9 @@ a spread-out stopping point, and greedy decoding of it runs long: it stops only 
 stopping has become more likely than the next character, past the middle of that spread
 (measured: median length 1.24x the limit, mean score 0.43; with a 15% spread 1.4x, 0.22).
 Each RM row holds four drafts cut at different lengths (near the limit, too short, too
-long, a near miss), each from its own clause selection of the paragraph, ranked by closeness to the
-limit (:func:`rm_row`), so that length against the limit is what the reward model has to
-learn, whatever the content; DPO pairs are the
-best and worst of each.
+long, a near miss), each from its own clause selection of the paragraph, ranked by
+closeness to the limit (:func:`rm_row`), so that length against the limit is what the
+reward model has to learn, whatever the content; DPO pairs are the best and worst of each.
 Test paragraphs are never used for training. The same seed always gives byte-identical
 files.
 
