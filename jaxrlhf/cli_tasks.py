@@ -14,7 +14,7 @@ SIZES = {
     # a few-minute smoke run of the whole pipeline (the numbers mean little at this size)
     "smoke": ["data.n_sft=120", "data.n_rm=60", "data.n_test=16", "data.n_ppo_prompts=64",
               "sft.train.epochs=1", "rm.train.epochs=1", "ppo.train.iterations=2",
-              "ppo.train.batch_size=16", "ppo.rollout.max_new_tokens=24", "dpo.train.epochs=1",
+              "data.n_rm_policy=16", "ppo.train.batch_size=16", "ppo.rollout.max_new_tokens=24", "dpo.train.epochs=1",
               "max_length=192", "max_prompt_length=160"],
     "default": [],
 }
@@ -70,6 +70,9 @@ def add_data(sub) -> None:
     lc.add_argument("--n-rm", type=int, default=1500)
     lc.add_argument("--n-test", type=int, default=260)
     lc.add_argument("--n-ppo-prompts", type=int, default=1000)
+    lc.add_argument("--n-rm-policy", type=int, default=0, metavar="N",
+                    help="also write rm_policy_prompts.jsonl: N more RM prompts for the SFT model to "
+                         "answer (the demo ranks its answers into further RM rows)")
     lc.add_argument("--paragraph-chars", type=int, nargs=2, default=(60, 200), metavar=("MIN", "MAX"),
                     help="length range of the embedded paragraphs (default: 60 200)")
     lc.add_argument("--sft-noise", type=float, default=None, metavar="STD",
@@ -82,7 +85,7 @@ def run_data_length_control(args) -> int:
 
     files = build_length_control_data(args.out, seed=args.seed, source=args.source, n_sft=args.n_sft,
                                       n_rm=args.n_rm, n_test=args.n_test, n_ppo_prompts=args.n_ppo_prompts,
-                                      paragraph_chars=tuple(args.paragraph_chars),
+                                      n_rm_policy=args.n_rm_policy, paragraph_chars=tuple(args.paragraph_chars),
                                       **({} if args.sft_noise is None else {"sft_noise": args.sft_noise}))
     for name, path in sorted(files.items()):
         print(f"{name:<12} {path}")

@@ -14,6 +14,11 @@ def test_demo_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
     for stage in ("sft", "rm", "ppo", "dpo"):
         assert (out / stage / "results.json").exists(), stage
         assert (out / stage / "final" / "config.json").exists(), stage
+    # the SFT model's own answers, ranked, are half of the RM's data
+    ranked = json.loads((out / "rm_data" / "results.json").read_text())["ranked"]
+    assert ranked["prompts"] == 16 and ranked["rows"] > 0
+    rm_config = (out / "rm" / "config.yaml").read_text()
+    assert "rm_policy.jsonl" in rm_config and "data/rm.jsonl" in rm_config
     for model in ("sft", "dpo", "ppo"):
         rows = [json.loads(l) for l in (out / "eval" / f"{model}.jsonl").read_text().splitlines()]
         assert len(rows) == 16 and all("chars" in r and "score" in r for r in rows)

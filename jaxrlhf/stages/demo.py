@@ -21,6 +21,9 @@ from jaxrlhf.sharding import MeshConfig
 from jaxrlhf.tasks.length_control.data import SFT_NOISE
 
 log = logging.getLogger(__name__)
+# answers sampled per call for the RM's policy rows: the decode loop runs to the longest answer,
+# so wide batches amortise it (PPO's rollouts are 1024 wide)
+POLICY_SAMPLE_BATCH = 512
 
 
 @dataclasses.dataclass(frozen=True)
@@ -29,6 +32,11 @@ class DemoDataConfig:
     n_rm: int = 1200
     n_test: int = 260
     n_ppo_prompts: int = 1000
+    # opt-in: more RM prompts, answered by the SFT model itself (rm_policy_answers samples each,
+    # ranked by the rule: the seed's and InstructGPT's recipe) and added to the builder's n_rm
+    # rows. Off by default: measured, it sharpened the RM but did not lift PPO (experiments/NOTES.md)
+    n_rm_policy: int = 0
+    rm_policy_answers: int = 4
     paragraph_chars: tuple[int, int] = (30, 120)  # length range of the embedded paragraphs
     sft_noise: float = SFT_NOISE  # std of the SFT answers' relative length error (their aim at the limit)
 
@@ -133,9 +141,10 @@ def stage_configs(cfg: DemoConfig, out: Path, data: dict[str, Path]) -> dict:
     sft = _merge({"seed": cfg.seed, "output_dir": str(out / "sft"), "tokenizer": str(out / "base"),
                   "model": {"path": str(out / "base")}, "mesh": mesh,
                   "data": {"train_files": [str(data["sft"])], "max_length": cfg.max_length}}, cfg.sft)
+    rm_files = [str(data["rm"])] + ([str(policy_rm_file(out))] if "rm_policy_prompts" in data else [])
     rm = from_dict(RMConfig, _merge({"seed": cfg.seed, "output_dir": str(out / "rm"),
                                      "model": {"path": str(out / "sft" / "final")}, "mesh": mesh,
-                                     "data": {"train_files": [str(data["rm"])], "max_length": cfg.max_length}},
+                                     "data": {"train_files": rm_files, "max_length": cfg.max_length}},
                                     cfg.rm), "demo rm")
     ppo = _merge({"seed": cfg.seed, "output_dir": str(out / "ppo"), "model": {"path": str(out / "sft" / "final")},
                   "mesh": mesh, "data": {"prompt_files": [str(data["ppo_prompts"])],
@@ -148,6 +157,31 @@ def stage_configs(cfg: DemoConfig, out: Path, data: dict[str, Path]) -> dict:
                   "mesh": mesh, "data": {"train_files": [str(data["dpo"])], "max_length": cfg.max_length}}, cfg.dpo)
     return {"sft": from_dict(SFTConfig, sft, "demo sft"), "rm": rm,
             "ppo": from_dict(PPOConfig, ppo, "demo ppo"), "dpo": from_dict(DPOConfig, dpo, "demo dpo")}
+
+
+def policy_rm_file(out: Path) -> Path:
+    return out / "rm_data" / "rm_policy.jsonl"
+
+
+def build_policy_rm_data(cfg: DemoConfig, out: Path, prompts_file: Path, ppo_config) -> dict:
+    """The SFT model answers each RM policy prompt ``rm_policy_answers`` times (sampled as PPO's
+    rollouts are: same temperature and answer budget) and the answers are ranked by the rule
+    into RM rows (:mod:`jaxrlhf.tasks.length_control.policy_answers`)."""
+    from jaxrlhf.sharding import make_mesh
+    from jaxrlhf.stages.sample import generate_file
+    from jaxrlhf.tasks.length_control.policy_answers import policy_prompts_file, rank_policy_answers
+
+    folder = out / "rm_data"
+    prompts = policy_prompts_file(prompts_file, folder / "prompts.jsonl", cfg.data.rm_policy_answers)
+    mesh = make_mesh(cfg.mesh)
+    rows_per_batch = mesh.shape["data"] * mesh.shape["fsdp"]
+    generation = generate_file(str(out / "sft" / "final"), str(prompts), str(folder / "samples.jsonl"),
+                               config=ppo_config.rollout, batch_size=-(-POLICY_SAMPLE_BATCH // rows_per_batch) * rows_per_batch,
+                               max_prompt_length=cfg.max_prompt_length, seed=cfg.seed, mesh=mesh)
+    counts = rank_policy_answers(folder / "samples.jsonl", policy_rm_file(out))
+    result = {"generation": generation, "ranked": counts}
+    (folder / "results.json").write_text(json.dumps(result, indent=2))
+    return result
 
 
 def build_base_model(cfg: DemoConfig, out: Path, texts) -> Path:
@@ -211,13 +245,20 @@ def run_demo(cfg: DemoConfig) -> dict:
         d = cfg.data
         data = timed("data", build_length_control_data, data_dir, seed=cfg.seed,
                      source=list(cfg.source) or None, n_sft=d.n_sft, n_rm=d.n_rm, n_test=d.n_test,
-                     n_ppo_prompts=d.n_ppo_prompts, paragraph_chars=tuple(d.paragraph_chars),
+                     n_ppo_prompts=d.n_ppo_prompts, n_rm_policy=d.n_rm_policy, paragraph_chars=tuple(d.paragraph_chars),
                      sft_noise=d.sft_noise)
     timed("base model", build_base_model, cfg, out, _texts(data))
     configs = stage_configs(cfg, out, data)
     runners = {"sft": run_sft, "rm": run_rm, "ppo": run_ppo, "dpo": run_dpo}
     results = {}
-    for name in ("sft", "rm", "ppo", "dpo"):
+    for name in ("sft", "rm_data", "rm", "ppo", "dpo"):
+        if name == "rm_data":
+            if "rm_policy_prompts" not in data:
+                continue
+            done = out / "rm_data" / "results.json"
+            results[name] = (json.loads(done.read_text()) if done.exists() else
+                             timed(name, build_policy_rm_data, cfg, out, data["rm_policy_prompts"], configs["ppo"]))
+            continue
         stage_out = Path(configs[name].output_dir)
         if (stage_out / "results.json").exists():
             log.info("demo: %s already finished, skipped", name)

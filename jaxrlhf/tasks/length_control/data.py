@@ -288,14 +288,19 @@ def _split_sources(source, n_test: int, n_train: int, rng: np.random.Generator,
 
 
 def build_length_control_data(out_dir, *, seed: int = 0, source=None, n_sft: int = 3000, n_rm: int = 1500,
-                              n_test: int = 260, n_ppo_prompts: int = 1000, min_limit: int = 5,
+                              n_test: int = 260, n_ppo_prompts: int = 1000, n_rm_policy: int = 0,
+                              min_limit: int = 5,
                               max_limit: int = 80, limit_step: int = 5, sft_noise: float = SFT_NOISE,
                               paragraph_chars: tuple[int, int] = (MIN_CHARS, MAX_CHARS)) -> dict[str, Path]:
     """Write sft/rm/dpo/ppo_prompts/test JSONL files, source.jsonl and meta.json to ``out_dir``.
 
     ``source``: None for the embedded generator (paragraphs of ``paragraph_chars`` characters),
     or .txt/.jsonl file(s). Limits are multiples of ``limit_step`` from ``min_limit`` to
-    ``max_limit`` (5, 10, ..., 80 by default: round numbers, as people ask). Returns the paths by name ("sft", "rm", "dpo", "ppo_prompts", "test", "source", "meta").
+    ``max_limit`` (5, 10, ..., 80 by default: round numbers, as people ask). ``n_rm_policy``
+    more prompts go to ``rm_policy_prompts.jsonl`` (written only when > 0): prompts for the
+    SFT model to answer, its answers ranked into further RM rows (:mod:`.policy_answers`).
+    Returns the paths by name ("sft", "rm", "dpo", "ppo_prompts", "test", "source", "meta"
+    [, "rm_policy_prompts"]).
     """
     if not 1 <= min_limit <= max_limit <= 999:
         raise ValueError(f"need 1 <= min_limit <= max_limit <= 999, got {min_limit}, {max_limit}")
@@ -305,12 +310,15 @@ def build_length_control_data(out_dir, *, seed: int = 0, source=None, n_sft: int
         raise ValueError(f"sft_noise must be in [0, 0.5] (a relative error's std), got {sft_noise}")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    corpus_rng, test_rng, sft_rng, rm_rng, ppo_rng = (
-        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(5))
-    test_pars, train_pars = _split_sources(source, n_test, n_sft + n_rm + n_ppo_prompts, corpus_rng, min_limit,
-                                           tuple(paragraph_chars))
-    train = _cycle(train_pars, n_sft + n_rm + n_ppo_prompts)
-    sft_pars, rm_pars, ppo_pars = train[:n_sft], train[n_sft:n_sft + n_rm], train[n_sft + n_rm:]
+    # the policy prompts' paragraphs and stream come last: the other files do not depend on n_rm_policy
+    corpus_rng, test_rng, sft_rng, rm_rng, ppo_rng, policy_rng = (
+        np.random.default_rng(s) for s in np.random.SeedSequence(seed).spawn(6))
+    n_train = n_sft + n_rm + n_ppo_prompts + n_rm_policy
+    test_pars, train_pars = _split_sources(source, n_test, n_train, corpus_rng, min_limit, tuple(paragraph_chars))
+    train = _cycle(train_pars, n_train)
+    end_rm, end_ppo = n_sft + n_rm, n_sft + n_rm + n_ppo_prompts
+    sft_pars, rm_pars, ppo_pars, policy_pars = (train[:n_sft], train[n_sft:end_rm], train[end_rm:end_ppo],
+                                                train[end_ppo:])
 
     test = [{"prompt": make_prompt(p, n, test_rng), "limit": n}
             for p, n in _test_limits(test_pars, n_test, test_rng, min_limit, max_limit, limit_step)]
@@ -323,15 +331,22 @@ def build_length_control_data(out_dir, *, seed: int = 0, source=None, n_sft: int
         limit = _limit_for(p, ppo_rng, min_limit, max_limit, limit_step)
         ppo.append({"prompt": make_prompt(p, limit, ppo_rng), "limit": limit})
 
+    policy = []
+    for p in policy_pars:
+        limit = _limit_for(p, policy_rng, min_limit, max_limit, limit_step)
+        policy.append({"prompt": make_prompt(p, limit, policy_rng), "limit": limit})
+
     sft_scores = [score(r["response"], n) for r, n in zip(sft, sft_limits)]
-    paths = {name: _write_jsonl(out / f"{name}.jsonl", rows) for name, rows in
-             (("sft", sft), ("rm", rm), ("dpo", dpo), ("ppo_prompts", ppo), ("test", test))}
+    files = [("sft", sft), ("rm", rm), ("dpo", dpo), ("ppo_prompts", ppo), ("test", test)]
+    paths = {name: _write_jsonl(out / f"{name}.jsonl", rows)
+             for name, rows in files + ([("rm_policy_prompts", policy)] if policy else [])}
     used_train = list(dict.fromkeys(train))
     paths["source"] = _write_jsonl(out / "source.jsonl", [{"text": p, "split": "test"} for p in test_pars]
                                    + [{"text": p, "split": "train"} for p in used_train])
     meta = {
         "task": "length_control", "seed": seed,
         "counts": {"sft": len(sft), "rm": len(rm), "dpo": len(dpo), "ppo_prompts": len(ppo), "test": len(test),
+                   "rm_policy_prompts": len(policy),
                    "source_paragraphs": {"test": len(test_pars), "train": len(used_train)}},
         "limits": {"min": min_limit, "max": max_limit, "step": limit_step},
         "sources": ["embedded"] if source is None else [str(p) for p in
