@@ -130,3 +130,24 @@ def test_tokenizer_travels_with_the_model(llama_dir, tmp_path):
     loaded = load_tokenizer(out)
     assert loaded("cab")["input_ids"] == [5, 3, 4]
     assert loaded.pad_token_id == 0 and loaded.eos_token_id == 2
+
+
+def test_tokenizer_folder_missing_or_empty(tmp_path):
+    # transformers would read a missing local path as a hub repo id: a traceback about repo names
+    from jaxrlhf.models import load_tokenizer
+    with pytest.raises(CheckpointError) as err:
+        load_tokenizer(tmp_path / "nope")
+    assert_one_line(err, str(tmp_path / "nope"), "not found")
+    with pytest.raises(CheckpointError) as err:
+        load_tokenizer(tmp_path)
+    assert_one_line(err, str(tmp_path), "no tokenizer files")
+
+
+def test_eval_cli_names_missing_model_folder(tmp_path, capsys):
+    from jaxrlhf.cli import main
+    data = tmp_path / "test.jsonl"
+    data.write_text(json.dumps({"prompt": "请将这段描述浓缩成5字的要义。今天天气很好。"}) + "\n")
+    code = main(["eval", "length-control", "--model", str(tmp_path / "final"), "--data", str(data),
+                 "--out", str(tmp_path / "out.jsonl")])
+    assert code == 2
+    assert f"{tmp_path / 'final'}: tokenizer folder not found" in capsys.readouterr().err

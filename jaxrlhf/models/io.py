@@ -229,7 +229,22 @@ def save_pretrained(model: CausalLM | ScalarHeadModel, path: str | os.PathLike, 
     return path
 
 
+# files AutoTokenizer builds a tokenizer from (tokenizer_config.json alone names a class)
+_TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "vocab.txt", "tokenizer.model")
+
+
 def load_tokenizer(path: str | os.PathLike):
-    """The tokenizer saved in an HF folder (never runs code from the folder)."""
+    """The tokenizer saved in an HF folder (never runs code from the folder).
+
+    A local folder only: a missing folder or one without tokenizer files is a
+    :class:`CheckpointError` naming it (transformers would read the path as a hub repo id)."""
     from transformers import AutoTokenizer
-    return AutoTokenizer.from_pretrained(str(path), trust_remote_code=False)
+    folder = Path(path)
+    if not folder.is_dir():
+        raise CheckpointError(f"{folder}: tokenizer folder not found (expected a local Hugging Face folder)")
+    if not any((folder / name).exists() for name in _TOKENIZER_FILES):
+        raise CheckpointError(f"{folder}: no tokenizer files (none of {', '.join(_TOKENIZER_FILES)})")
+    try:
+        return AutoTokenizer.from_pretrained(str(folder), trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise CheckpointError(f"{folder}: cannot load the tokenizer: {e}") from None
