@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from jaxrlhf.data import DataError
 from jaxrlhf.tasks.length_control import build_length_control_data
 from jaxrlhf.tasks.length_control.data import closeness
 from jaxrlhf.tasks.length_control.policy_answers import policy_prompts_file, rank_policy_answers
@@ -43,6 +44,12 @@ def test_policy_prompts_file_repeats_each_prompt(tmp_path):
     (tmp_path / "bad.jsonl").write_text('{"prompt": "写个摘要"}\n', encoding="utf-8")
     with pytest.raises(ValueError, match=r"bad.jsonl:1: field 'prompt'"):
         policy_prompts_file(tmp_path / "bad.jsonl", tmp_path / "y.jsonl", 2)
+    for text, needle in (('{"prompt": "写10字"}\n{"prompt": ', r"bad.jsonl:2: invalid JSON"),
+                         ('{"limit": 10}\n', r"bad.jsonl:1: missing field 'prompt'"),
+                         ('["写10字"]\n', r"bad.jsonl:1: expected a JSON object")):
+        (tmp_path / "bad.jsonl").write_text(text, encoding="utf-8")
+        with pytest.raises(DataError, match=needle):
+            policy_prompts_file(tmp_path / "bad.jsonl", tmp_path / "y.jsonl", 2)
 
 
 def test_rank_policy_answers_ranks_by_closeness_and_counts_what_it_drops(tmp_path):
@@ -61,6 +68,9 @@ def test_rank_policy_answers_ranks_by_closeness_and_counts_what_it_drops(tmp_pat
     assert row["prompt"] == "p1"
     assert [r[0] for r in row["response"]] == ["一二三四五六七八九十", "一二三四五六七八九十一二", "一二三"]
     assert row["score"] == [closeness(r[0], 10) for r in row["response"]] == [1.0, 0.8, 0.3]
+    (tmp_path / "broken.jsonl").write_text('{"prompt": "p1", "limit": 10, "group": 1}\n', encoding="utf-8")
+    with pytest.raises(DataError, match=r"broken.jsonl:1: missing field 'response'"):
+        rank_policy_answers(tmp_path / "broken.jsonl", tmp_path / "rm2.jsonl")
 
 
 def test_demo_reward_model_trains_on_both_files(tmp_path):

@@ -16,6 +16,7 @@ import json
 import os
 from pathlib import Path
 
+from jaxrlhf.data import DataError
 from jaxrlhf.tasks.length_control.data import closeness
 from jaxrlhf.tasks.length_control.score import count_chars, row_limit
 
@@ -32,13 +33,25 @@ def policy_prompts_file(prompts_file: str | os.PathLike, out_file: str | os.Path
         for line_no, line in enumerate(src.read_text(encoding="utf-8").splitlines(), 1):
             if not line.strip():
                 continue
-            row = json.loads(line)
+            row = _json_object(src, line_no, line)
+            if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
+                raise DataError(f"{src}:{line_no}: missing field 'prompt' (a non-empty string)")
             limit = row_limit(row["prompt"], row)
             if limit is None:
-                raise ValueError(f"{src}:{line_no}: field 'prompt': no length limit in the prompt and no 'limit'")
+                raise DataError(f"{src}:{line_no}: field 'prompt': no length limit in the prompt and no 'limit'")
             record = json.dumps({"prompt": row["prompt"], "limit": limit, "group": line_no}, ensure_ascii=False)
             f.write((record + "\n") * answers_per_prompt)
     return out
+
+
+def _json_object(path: Path, line_no: int, line: str) -> dict:
+    try:
+        row = json.loads(line)
+    except json.JSONDecodeError as e:
+        raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
+    if not isinstance(row, dict):
+        raise DataError(f"{path}:{line_no}: expected a JSON object")
+    return row
 
 
 def rank_policy_answers(samples_file: str | os.PathLike, out_file: str | os.PathLike) -> dict:
@@ -49,8 +62,13 @@ def rank_policy_answers(samples_file: str | os.PathLike, out_file: str | os.Path
     left with fewer than two answers, or with answers all equally close, teaches no pair and
     is dropped. All of it is counted in the returned dict."""
     groups: dict[int, dict] = {}
-    for line in Path(samples_file).read_text(encoding="utf-8").splitlines():
-        row = json.loads(line)
+    src = Path(samples_file)
+    for line_no, line in enumerate(src.read_text(encoding="utf-8").splitlines(), 1):
+        row = _json_object(src, line_no, line)
+        missing = [k for k in ("group", "prompt", "limit", "response") if k not in row]
+        if missing:
+            raise DataError(f"{src}:{line_no}: missing field {missing[0]!r} (a generate_file output of "
+                            f"policy_prompts_file rows has group, prompt, limit and response)")
         group = groups.setdefault(row["group"], {"prompt": row["prompt"], "limit": row["limit"], "answers": []})
         group["answers"].append(row["response"])
     counts = {"prompts": len(groups), "answers": 0, "empty": 0, "repeated": 0, "rows": 0,
