@@ -14,7 +14,7 @@ def test_demo_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
     for stage in ("sft", "rm", "ppo", "dpo"):
         assert (out / stage / "results.json").exists(), stage
         assert (out / stage / "final" / "config.json").exists(), stage
-    # the SFT model's own answers, ranked, are half of the RM's data
+    # the smoke size turns on the RM rows ranked from the SFT model's own answers
     ranked = json.loads((out / "rm_data" / "results.json").read_text())["ranked"]
     assert ranked["prompts"] == 16 and ranked["rows"] > 0
     rm_config = (out / "rm" / "config.yaml").read_text()

@@ -254,6 +254,16 @@ def _test_limits(paragraphs: Sequence[str], n: int, rng: np.random.Generator, mi
     return [rows[i] for i in rng.permutation(len(rows))]
 
 
+def _prompt_rows(paragraphs: Sequence[str], rng: np.random.Generator, min_limit: int, max_limit: int,
+                 step: int) -> list[dict]:
+    """An answerless ``{"prompt", "limit"}`` row per paragraph (PPO's and the RM policy prompts)."""
+    rows = []
+    for p in paragraphs:
+        limit = _limit_for(p, rng, min_limit, max_limit, step)
+        rows.append({"prompt": make_prompt(p, limit, rng), "limit": limit})
+    return rows
+
+
 def _cycle(items: Sequence[str], n: int) -> list[str]:
     return [items[i % len(items)] for i in range(n)]
 
@@ -326,15 +336,8 @@ def build_length_control_data(out_dir, *, seed: int = 0, source=None, n_sft: int
     sft = [sft_row(p, n, sft_rng, sft_noise) for p, n in zip(sft_pars, sft_limits)]
     rm = [rm_row(p, _limit_for(p, rm_rng, min_limit, max_limit, limit_step), rm_rng) for p in rm_pars]
     dpo = [{"prompt": r["prompt"], "chosen": r["response"][0][0], "rejected": r["response"][-1][0]} for r in rm]
-    ppo = []
-    for p in ppo_pars:
-        limit = _limit_for(p, ppo_rng, min_limit, max_limit, limit_step)
-        ppo.append({"prompt": make_prompt(p, limit, ppo_rng), "limit": limit})
-
-    policy = []
-    for p in policy_pars:
-        limit = _limit_for(p, policy_rng, min_limit, max_limit, limit_step)
-        policy.append({"prompt": make_prompt(p, limit, policy_rng), "limit": limit})
+    ppo = _prompt_rows(ppo_pars, ppo_rng, min_limit, max_limit, limit_step)
+    policy = _prompt_rows(policy_pars, policy_rng, min_limit, max_limit, limit_step)
 
     sft_scores = [score(r["response"], n) for r, n in zip(sft, sft_limits)]
     files = [("sft", sft), ("rm", rm), ("dpo", dpo), ("ppo_prompts", ppo), ("test", test)]

@@ -10,22 +10,33 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Iterator
 from pathlib import Path
+
+from jaxrlhf.data import DataError
 
 from jaxrlhf.tasks.length_control.score import SCORE_LEVELS, count_chars, row_limit, score_count
 
 MAX_NEW_TOKENS_CAP = 200
 
 
-def read_jsonl(path: str | os.PathLike) -> list[dict]:
-    rows = []
+def iter_jsonl(path: str | os.PathLike) -> Iterator[tuple[int, dict]]:
+    """``(line number, object)`` per non-blank line; a line that is not a JSON object is a
+    :class:`~jaxrlhf.data.DataError` naming the file and line."""
     for number, line in enumerate(Path(path).read_text(encoding="utf-8").splitlines(), start=1):
-        if line.strip():
+        if not line.strip():
+            continue
+        try:
             row = json.loads(line)
-            if not isinstance(row, dict):
-                raise ValueError(f"{path}:{number}: expected a JSON object")
-            rows.append(row)
-    return rows
+        except json.JSONDecodeError as e:
+            raise DataError(f"{path}:{number}: invalid JSON ({e.msg} at column {e.colno})") from None
+        if not isinstance(row, dict):
+            raise DataError(f"{path}:{number}: expected a JSON object")
+        yield number, row
+
+
+def read_jsonl(path: str | os.PathLike) -> list[dict]:
+    return [row for _, row in iter_jsonl(path)]
 
 
 def score_rows(rows: list[dict]) -> list[dict]:

@@ -18,6 +18,7 @@ from pathlib import Path
 
 from jaxrlhf.data import DataError
 from jaxrlhf.tasks.length_control.data import closeness
+from jaxrlhf.tasks.length_control.evaluate import iter_jsonl
 from jaxrlhf.tasks.length_control.score import count_chars, row_limit
 
 
@@ -30,10 +31,7 @@ def policy_prompts_file(prompts_file: str | os.PathLike, out_file: str | os.Path
     src, out = Path(prompts_file), Path(out_file)
     out.parent.mkdir(parents=True, exist_ok=True)
     with out.open("w", encoding="utf-8") as f:
-        for line_no, line in enumerate(src.read_text(encoding="utf-8").splitlines(), 1):
-            if not line.strip():
-                continue
-            row = _json_object(src, line_no, line)
+        for line_no, row in iter_jsonl(src):
             if not isinstance(row.get("prompt"), str) or not row["prompt"].strip():
                 raise DataError(f"{src}:{line_no}: missing field 'prompt' (a non-empty string)")
             limit = row_limit(row["prompt"], row)
@@ -42,16 +40,6 @@ def policy_prompts_file(prompts_file: str | os.PathLike, out_file: str | os.Path
             record = json.dumps({"prompt": row["prompt"], "limit": limit, "group": line_no}, ensure_ascii=False)
             f.write((record + "\n") * answers_per_prompt)
     return out
-
-
-def _json_object(path: Path, line_no: int, line: str) -> dict:
-    try:
-        row = json.loads(line)
-    except json.JSONDecodeError as e:
-        raise DataError(f"{path}:{line_no}: invalid JSON ({e.msg})") from None
-    if not isinstance(row, dict):
-        raise DataError(f"{path}:{line_no}: expected a JSON object")
-    return row
 
 
 def rank_policy_answers(samples_file: str | os.PathLike, out_file: str | os.PathLike) -> dict:
@@ -63,8 +51,7 @@ def rank_policy_answers(samples_file: str | os.PathLike, out_file: str | os.Path
     is dropped. All of it is counted in the returned dict."""
     groups: dict[int, dict] = {}
     src = Path(samples_file)
-    for line_no, line in enumerate(src.read_text(encoding="utf-8").splitlines(), 1):
-        row = _json_object(src, line_no, line)
+    for line_no, row in iter_jsonl(src):
         missing = [k for k in ("group", "prompt", "limit", "response") if k not in row]
         if missing:
             raise DataError(f"{src}:{line_no}: missing field {missing[0]!r} (a generate_file output of "
