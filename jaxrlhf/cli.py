@@ -433,6 +433,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from jaxrlhf.hostmem import tune_host_malloc
+    tune_host_malloc()  # before any thread allocates: ~20% off CPU step times (jaxrlhf/hostmem.py)
     parser = build_parser()
     args = parser.parse_args(argv)
     if not getattr(args, "run", None):

@@ -6,6 +6,10 @@ os.environ.setdefault("JAX_PLATFORMS", "cpu")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
 
+from jaxrlhf.hostmem import tune_host_malloc  # noqa: E402
+
+tune_host_malloc()  # as the CLI does, before JAX starts its threads
+
 import jax  # noqa: E402
 
 jax.config.update("jax_num_cpu_devices", 8)
