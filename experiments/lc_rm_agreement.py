@@ -8,6 +8,10 @@ the demo's RM stage lays them out) and prints, within each prompt's group: the S
 RM's scores with closeness to the limit, and the rule score of the RM's favourite and least
 favourite answer against the group mean and the best any ranking could pick.
 """
+from jaxrlhf.hostmem import tune_host_malloc
+
+tune_host_malloc()  # before numpy/JAX start threads, as the CLI does
+
 import argparse
 import json
 from pathlib import Path

@@ -10,6 +10,10 @@ rated best and its mean reward (minus each prompt's mean) at every length. An RM
 compares length with the limit peaks at the limit; run19's RM peaks at 5 characters for a
 limit of 5 (3 prompts) and at 29-35 for a limit of 30.
 """
+from jaxrlhf.hostmem import tune_host_malloc
+
+tune_host_malloc()  # before numpy/JAX start threads, as the CLI does
+
 import argparse
 import json
 

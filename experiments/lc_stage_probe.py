@@ -12,6 +12,10 @@ corr(length, limit), the median length ratio and the score distribution. ``--rm`
 with RM_RUN/rm/final instead of DEMO_RUN's reward model (e.g. one trained by this probe);
 either is read where the demo's RM settings say (the last answer token by default).
 """
+from jaxrlhf.hostmem import tune_host_malloc
+
+tune_host_malloc()  # before numpy/JAX start threads, as the CLI does
+
 import argparse
 import json
 import logging
