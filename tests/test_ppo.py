@@ -93,6 +93,27 @@ def test_sampler_log_probs_equal_trainer_log_probs(setup):
         np.testing.assert_allclose(np.asarray(gen.log_probs)[valid], recomputed[valid], atol=1e-5)
 
 
+def test_group_sampling_equals_sampling_repeated_prompts(setup):
+    """generate(group=g) prefills each prompt once and repeats its cache: the same rows,
+    tokens and log-probs as generating from np.repeat(prompts, g) with the same key."""
+    model_dir, _ = setup
+    graphdef, state = nnx.split(from_pretrained(model_dir))
+    ids = np.array([[0, 0, 20, 21, 22], [0, 23, 24, 25, 26], [27, 28, 29, 30, 4]], np.int32)
+    mask = (ids != 0).astype(np.int32)
+    for temperature in (0.0, 1.0):
+        sample = jax.jit(functools.partial(generate, graphdef, config=SamplingConfig(max_new_tokens=12,
+                                                                                     temperature=temperature),
+                                           eos_id=2, pad_id=0), static_argnames="group")
+        grouped = sample(state, ids, mask, jax.random.key(5), group=4)
+        repeated = sample(state, np.repeat(ids, 4, axis=0), np.repeat(mask, 4, axis=0), jax.random.key(5))
+        assert grouped.tokens.shape == (12, 12)
+        np.testing.assert_array_equal(np.asarray(grouped.tokens), np.asarray(repeated.tokens))
+        np.testing.assert_array_equal(np.asarray(grouped.mask), np.asarray(repeated.mask))
+        np.testing.assert_allclose(np.asarray(grouped.log_probs), np.asarray(repeated.log_probs), atol=1e-5)
+        if temperature:  # a prompt's samples differ from each other
+            assert len({tuple(row) for row in np.asarray(grouped.tokens)[:4]}) > 1
+
+
 def test_ppo_learns_a_rule_reward(setup, tmp_path):
     model, prompts = setup
     cfg = ppo_yaml(tmp_path, model, prompts, iterations=40)

@@ -161,15 +161,14 @@ def _sample_rollout(sample, params, batch: dict, group: int, key, branch_at, rng
 
     ids, mask = batch["input_ids"], batch["attention_mask"]
     if branch_at is None:
-        gen = jax.block_until_ready(sample(params, np.repeat(ids, group, axis=0), np.repeat(mask, group, axis=0),
-                                           key))  # stays on device (sharded over every host)
+        # each prompt prefilled once, its cache repeated group times
+        gen = jax.block_until_ready(sample(params, ids, mask, key, group=group))  # stays on device
         return Branched(gen.tokens, gen.log_probs, gen.mask, gen.mask, gen.finished), None
     first_key, key = jax.random.split(key)
     first = jax.device_get(sample(params, ids, mask, first_key))
     cuts = branch_points(first.mask, first.finished, tuple(branch_at), rng)
     branch_ids, branch_mask = branch_prompts(ids, mask, first.tokens, cuts, pad_id)
-    cont = jax.device_get(sample(params, np.repeat(branch_ids, group, axis=0),
-                                 np.repeat(branch_mask, group, axis=0), key))
+    cont = jax.device_get(sample(params, branch_ids, branch_mask, key, group=group))
     cuts = np.repeat(cuts, group)
     return join_branches(np.repeat(first.tokens, group, axis=0), cuts, cont.tokens, cont.log_probs, cont.mask,
                          cont.finished, pad_id), cuts
@@ -278,7 +277,7 @@ def run_ppo(cfg: PPOConfig, *, resume: bool = False) -> dict:
                      group_std_scale=cfg.train.group_std_scale, ema_decay=cfg.train.ema_decay)
     prompt_len = cfg.data.max_prompt_length
     sample = jax.jit(functools.partial(generate, actor_graphdef, config=cfg.rollout, eos_id=eos_id,
-                                       pad_id=pad_id))
+                                       pad_id=pad_id), static_argnames="group")
     rollout_fn = jax.jit(functools.partial(make_rollout, actor_graphdef=actor_graphdef,
                                            critic_graphdef=critic_graphdef, prompt_len=prompt_len,
                                            hyper=hyper))
