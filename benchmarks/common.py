@@ -88,15 +88,20 @@ def describe(args) -> str:
 # --------------------------------------------------------------------------- flags
 
 
-def add_common_args(parser: argparse.ArgumentParser, *, batch: int, batch_help: str) -> None:
-    """Model size, dtype, batch and runner flags; defaults are the CPU sizes."""
-    g = parser.add_argument_group("model, dtype, batch, runners (shared by every benchmark)")
+def add_model_args(g) -> None:
+    """The model-size flags model_folder reads; defaults are the CPU sizes."""
     g.add_argument("--hidden", type=int, default=256)
     g.add_argument("--layers", type=int, default=4)
     g.add_argument("--heads", type=int, default=4)
     g.add_argument("--kv-heads", type=int, default=2)
     g.add_argument("--vocab", type=int, default=512)
     g.add_argument("--mlp", type=int, default=0, help="MLP width (default: 8/3 x hidden, rounded to 16)")
+
+
+def add_common_args(parser: argparse.ArgumentParser, *, batch: int, batch_help: str) -> None:
+    """Model size, dtype, batch and runner flags; defaults are the CPU sizes."""
+    g = parser.add_argument_group("model, dtype, batch, runners (shared by every benchmark)")
+    add_model_args(g)
     g.add_argument("--dtype", default="float32", choices=["float32", "bfloat16"],
                    help="compute dtype: bfloat16 is mixed precision for training (float32 params and "
                         "optimizer state on both sides), bf16 weights for generation")

@@ -22,13 +22,13 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+import common  # noqa: E402
 
 
 def child(args) -> dict:
     from jaxrlhf.hostmem import tune_host_malloc
     tuned = tune_host_malloc()  # first, as in the CLI; a no-op under JAXRLHF_HOST_MALLOC=system
 
-    import common
     import jax
     from sft_step import sft_rows
 
@@ -36,9 +36,7 @@ def child(args) -> dict:
     from jaxrlhf.models import from_pretrained, load_tokenizer
     from jaxrlhf.steps.sft import sft_train_step
 
-    folder = common.llama_folder(hidden=args.hidden, layers=args.layers, heads=args.heads,
-                                 kv_heads=args.kv_heads, vocab=args.vocab, mlp=args.mlp,
-                                 max_positions=max(512, args.max_length))
+    folder = common.model_folder(args)  # built once, shared by both processes
     rows = sft_rows(args.batch * 4, args.max_length)
     examples = [SFTExample(r["prompt"], r["completion"], "bench", i) for i, r in enumerate(rows)]
     arrays = tokenize_sft(examples, load_tokenizer(folder), max_length=args.max_length)
@@ -63,12 +61,8 @@ def child(args) -> dict:
 
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--hidden", type=int, default=128)
-    parser.add_argument("--layers", type=int, default=4)
-    parser.add_argument("--heads", type=int, default=8)
-    parser.add_argument("--kv-heads", type=int, default=4)
-    parser.add_argument("--vocab", type=int, default=1431)
-    parser.add_argument("--mlp", type=int, default=352)
+    common.add_model_args(parser)
+    parser.set_defaults(hidden=128, heads=8, kv_heads=4, vocab=1431, mlp=352)  # the demo's model
     parser.add_argument("--batch", type=int, default=8)
     parser.add_argument("--max-length", type=int, default=256)
     parser.add_argument("--steps", type=int, default=40, help="timed steps per process")
