@@ -35,6 +35,8 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
+from jaxrlhf.data.formats import is_unpaired_preference, unpaired_error
+
 T = TypeVar("T")
 
 # Every reason a row can be skipped for; CleanReport.skipped counts these strings.
@@ -258,7 +260,22 @@ def _ranked(row: dict) -> Parsed:
     return prompt, responses, _scores(row.get(score_key), len(responses), score_key)
 
 
+def _implicit_prompt(chosen: str, rejected: str) -> int:
+    """Where the prompt ends in a standard preference row without ``prompt``: after the
+    common start of chosen and rejected, minus the space before the answers (as trl's
+    ``extract_prompt`` cuts it, so both sides train on the same text)."""
+    n = _common_prefix(chosen, rejected)
+    if 0 < n < min(len(chosen), len(rejected)) and chosen[n - 1] == " ":
+        n -= 1
+    return n
+
+
 def _pair(row: dict) -> Parsed:
+    if row.get("prompt") is None and all(isinstance(row.get(k), str) for k in ("chosen", "rejected")):
+        n = _implicit_prompt(row["chosen"], row["rejected"])
+        if not row["chosen"][:n].strip():
+            raise _Bad("missing prompt", "prompt", "no prompt column, and chosen and rejected start differently")
+        row = {"prompt": row["chosen"][:n], "chosen": row["chosen"][n:], "rejected": row["rejected"][n:]}
     prompt = _prompt_text(row)
     responses = []
     for key in ("chosen", "rejected"):
@@ -382,6 +399,9 @@ def _parse_row(row: Any, tokenizer, where: str) -> Parsed:
     if not isinstance(row, dict):
         raise _Bad("not an object", None, f"got {_type(row)}")
     present = {k for k, v in row.items() if v is not None}
+    if is_unpaired_preference(row):
+        raise unpaired_error(where, "a preference stage (reward model, DPO)",
+                             "chosen + rejected or ranked response + score rows")
     if present & {"chosen", "rejected"}:
         if any(_is_messages(row.get(k)) for k in ("chosen", "rejected", "prompt")):
             return _conversation(row, tokenizer, where)

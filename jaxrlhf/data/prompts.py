@@ -13,7 +13,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxrlhf.data.preference import CleanReport, _Bad, _messages, _prompt_text, _type, clean_rows
+from jaxrlhf.data.preference import CleanReport, _Bad, _is_messages, _messages, _prompt_text, _type, clean_rows
 from jaxrlhf.data.tokenize import pad_id_of
 
 
@@ -25,14 +25,16 @@ class PromptExample:
     line: int
 
 
-def _render_messages(row: dict, tokenizer) -> str:
-    messages = _messages(row["messages"], "messages", "bad prompt type")
+def _render_messages(row: dict, tokenizer, field: str = "messages") -> str:
+    """The chat-template rendering of ``row[field]`` (``messages``, or trl's conversational
+    ``prompt``) with the generation prompt: what the model continues from."""
+    messages = _messages(row[field], field, "bad prompt type")
     if messages and messages[-1].get("role") == "assistant":
         messages = messages[:-1]  # an answer present in the data is not part of the prompt
     if not messages or not "".join(m["content"] for m in messages).strip():
-        raise _Bad("empty prompt", "messages")
+        raise _Bad("empty prompt", field)
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
-        raise _Bad("chat template mismatch", "messages", "message rows need a tokenizer with a chat template")
+        raise _Bad("chat template mismatch", field, "message rows need a tokenizer with a chat template")
     return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
 
 
@@ -41,7 +43,12 @@ def load_prompts(paths: str | os.PathLike | list, *, tokenizer=None,
     def parse(row, path, line):
         if not isinstance(row, dict):
             raise _Bad("not an object", None, f"got {_type(row)}")
-        text = _render_messages(row, tokenizer) if row.get("messages") is not None else _prompt_text(row)
+        if row.get("messages") is not None:
+            text = _render_messages(row, tokenizer)
+        elif _is_messages(row.get("prompt")):  # trl's conversational prompt-only / prompt-completion
+            text = _render_messages(row, tokenizer, "prompt")
+        else:
+            text = _prompt_text(row)
         meta = {k: v for k, v in row.items() if k not in ("prompt", "messages")}
         return PromptExample(text, meta, path, line)
 

@@ -27,7 +27,8 @@ from typing import Any
 import numpy as np
 
 from jaxrlhf.data.preference import (CleanReport, DataError, _Bad, _render_turns, _first_present, _messages,
-                                     _prompt_text, _response_text, _type, clean_rows)
+                                     _is_messages, _prompt_text, _response_text, _type, clean_rows)
+from jaxrlhf.data.formats import is_unpaired_preference, unpaired_error
 from jaxrlhf.data.tokenize import layout_sequences
 
 # Every reason an SFT row can be skipped for; the preference reasons that fit, plus one.
@@ -100,13 +101,35 @@ def _conversation(row: dict, tokenizer, where: str) -> tuple[str, str]:
     return prompt_text, response
 
 
+def _prompt_completion_conversation(row: dict, tokenizer, where: str) -> tuple[str, str]:
+    """trl's conversational prompt-completion row: ``prompt`` messages (the context) and
+    ``completion`` messages (the trained answer), rendered as :func:`_conversation` renders
+    ``prompt + completion`` with the answer starting after the prompt."""
+    if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
+        raise DataError(f"{where}: conversational rows (lists of messages) need a tokenizer with a chat "
+                        "template; pass tokenizer= to load_sft_data")
+    key = _first_present(row, _RESPONSE_KEYS)
+    prompt = _messages(row.get("prompt"), "prompt", "bad prompt type")
+    completion = _messages(row.get(key), key, "bad response type")
+    if not "".join(m["content"] for m in prompt).strip():
+        raise _Skip("empty prompt", "prompt")
+    if not "".join(m["content"] for m in completion).strip():
+        raise _Skip("empty response", key)
+    prompt_text, (response,) = _render_turns(tokenizer, prompt, {key: prompt + completion})
+    return prompt_text, response
+
+
 def _parse_sft_row(row: Any, tokenizer, where: str) -> tuple[str, str]:
     """``(prompt, response)`` of one row; raises ``_Bad`` (a skip reason) or DataError."""
     if not isinstance(row, dict):
         raise _Skip("not an object", None, f"got {_type(row)}")
     present = {k for k, v in row.items() if v is not None}
+    if is_unpaired_preference(row):
+        raise unpaired_error(where, "SFT", "prompt + completion, messages or text rows")
     if "messages" in present:
         return _conversation(row, tokenizer, where)
+    if any(_is_messages(row.get(k)) for k in ("prompt", *_RESPONSE_KEYS)):
+        return _prompt_completion_conversation(row, tokenizer, where)
     if present & {"prompt", *_RESPONSE_KEYS}:
         return _prompt_response(row)
     if "text" in present:
