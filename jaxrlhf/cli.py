@@ -293,7 +293,8 @@ def add_generate(sub) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--mesh", default="data=-1,fsdp=1,tensor=1")
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
-    p.add_argument("--strict", action="store_true", help="stop at the first bad prompt row")
+    p.add_argument("--strict", action="store_true",
+                   help="accepted for old scripts; generate always stops at the first row it cannot render")
     p.set_defaults(run=run_generate)
 
 
@@ -313,7 +314,7 @@ def run_generate(args) -> int:
                           f"= {mesh.shape['data'] * mesh.shape['fsdp']}")
     stats = generate_file(args.model, args.prompts, args.out, config=config, batch_size=args.batch_size,
                           max_prompt_length=args.max_prompt_length, seed=args.seed, mesh=mesh,
-                          dtype=args.dtype, strict=args.strict)
+                          dtype=args.dtype)
     print(f"wrote {stats['rows']} rows to {args.out}: {stats['generated_tokens']} tokens in "
           f"{stats['seconds']:.1f}s ({stats['generated_tokens'] / max(stats['seconds'], 1e-9):.0f} tokens/s)")
     return 0

@@ -17,18 +17,21 @@ log = logging.getLogger(__name__)
 
 
 def generate_file(model_dir: str, prompts_file: str, out_file: str, *, config, batch_size: int = 16,
-                  max_prompt_length: int = 256, seed: int = 0, mesh=None, dtype: str = "float32",
-                  strict: bool = False) -> dict:
+                  max_prompt_length: int = 256, seed: int = 0, mesh=None, dtype: str = "float32") -> dict:
     """Write one JSON line per prompt row: the row's fields plus ``response``, ``response_tokens``
     and ``finished`` (EOS emitted). Every row is kept, in order; the last batch is padded to
-    the batch size so that one compilation serves the whole file."""
+    the batch size so that one compilation serves the whole file.
+
+    A row that cannot be rendered (no prompt, a ``messages`` row and a tokenizer without a
+    chat template, ...) stops the run with ``FILE:LINE: reason``: the output must line up
+    with the input row by row, so no row is skipped."""
     from jaxrlhf.data import pad_id_of
     from jaxrlhf.data.prompts import load_prompts, tokenize_prompts
     from jaxrlhf.generate import generate
     from jaxrlhf.models import from_pretrained, load_tokenizer
 
     tokenizer = load_tokenizer(model_dir)
-    examples, report = load_prompts(prompts_file, tokenizer=tokenizer, strict=strict)
+    examples, report = load_prompts(prompts_file, tokenizer=tokenizer, strict=True)
     arrays = tokenize_prompts(examples, tokenizer, max_length=max_prompt_length, report=report)
     model = from_pretrained(model_dir, dtype=dtype, mesh=mesh)
     graphdef, state = nnx.split(model)
