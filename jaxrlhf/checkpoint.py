@@ -5,12 +5,19 @@ RNG, ...) and a small JSON of metadata (data position, metrics). Orbax writes ea
 into a temporary folder and renames it when complete, so a process killed at any moment,
 even mid-save, leaves the previous complete checkpoint as the latest one. Saves are
 collective across hosts (every process calls ``save``); Orbax writes each host's shards.
+
+A checkpoint damaged after it was written (a truncated or deleted file, a lost disk block)
+is not skipped by Orbax: ``restore_latest`` checks the files, tries to read each step back,
+newest first, and moves a damaged step aside to ``damaged/<step>`` (never deletes it) so that
+the next complete one is used.
 """
 
 from __future__ import annotations
 
+import json
 import logging
 import os
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -62,6 +69,70 @@ class Checkpointer:
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
         return restored["state"], dict(restored["meta"])
 
+    def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
+        """(step, state, meta) of the newest checkpoint that reads back completely, or None
+        when there is no checkpoint at all.
+
+        A damaged step is named in a warning and moved to ``damaged/<step>``; with every step
+        damaged this raises CheckpointError. A complete checkpoint that holds different arrays
+        than ``abstract_state`` (a resume with another model or optimizer) is not damage: that
+        raises CheckpointError and moves nothing.
+        """
+        from jaxrlhf.models import CheckpointError
+
+        steps = sorted(self.all_steps(), reverse=True)
+        if not steps:
+            return None
+        for step in steps:
+            problem = self._missing_or_unreadable(step)
+            if problem is None:
+                try:
+                    saved = _saved_shapes(self.directory / str(step))
+                except Exception as e:  # unreadable tree metadata or manifest: damaged
+                    problem = _one_line(e)
+            if problem is None:
+                _check_same_arrays(step, saved, abstract_state, self.directory)
+                try:
+                    state, meta = self.restore(step, abstract_state)
+                    return step, state, meta
+                except Exception as e:  # any read error of this step's files: try an older one
+                    problem = _one_line(e)
+            self._set_aside(step, problem)
+        raise CheckpointError(f"{self.directory}: no checkpoint reads back completely (steps "
+                              f"{', '.join(map(str, steps))} were damaged and moved to "
+                              f"{self.directory / 'damaged'})")
+
+    def _missing_or_unreadable(self, step: int) -> str | None:
+        """What makes ``step`` unusable before reading any array, or None."""
+        folder = self.directory / str(step)
+        for name in ("state/_METADATA", "state/manifest.ocdbt", "meta/metadata"):
+            path = folder / name
+            if not path.is_file():
+                return f"{name} is missing"
+            if path.stat().st_size == 0:
+                return f"{name} is empty"
+        for name in ("state/_METADATA", "meta/metadata"):
+            try:
+                json.loads((folder / name).read_text(encoding="utf-8"))
+            except (OSError, UnicodeDecodeError, ValueError) as e:
+                return f"{name} is not readable JSON ({_one_line(e)})"
+        return None
+
+    def _set_aside(self, step: int, problem: str) -> None:
+        """Move a damaged step out of the manager's sight, keeping its files for inspection."""
+        source = self.directory / str(step)
+        target = self.directory / "damaged" / str(step)
+        n = 1
+        while target.exists():  # the same step damaged again after a re-run
+            n += 1
+            target = self.directory / "damaged" / f"{step}-{n}"
+        if jax.process_index() == 0:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            shutil.move(str(source), str(target))
+        log.warning("checkpoint step %d in %s is damaged (%s): moved to %s, trying an older one",
+                    step, self.directory, problem, target)
+        self._manager.reload()
+
     def wait(self) -> None:
         self._manager.wait_until_finished()
 
@@ -73,3 +144,34 @@ def _as_abstract(x):
     if isinstance(x, jax.ShapeDtypeStruct):
         return x
     return jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=getattr(x, "sharding", None))
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:300] if text else ''}"
+
+
+def _saved_shapes(folder: Path) -> list[tuple[int, ...]]:
+    """Global shapes of the arrays saved in ``folder/state`` (reads the metadata, no data)."""
+    from etils import epath
+
+    handler = ocp.StandardCheckpointHandler()
+    try:
+        metadata = handler.metadata(epath.Path(folder / "state"))
+    finally:
+        handler.close()
+    return sorted(tuple(x.shape) for x in jax.tree.leaves(metadata))
+
+
+def _check_same_arrays(step: int, saved: list[tuple[int, ...]], abstract_state: Any,
+                       directory: Path) -> None:
+    """Refuse (CheckpointError) a readable checkpoint whose arrays differ from the state this
+    run builds: restoring would fail on every step, and setting them all aside as damaged
+    would hide a good run."""
+    from jaxrlhf.models import CheckpointError
+
+    wanted = sorted(tuple(x.shape) for x in jax.tree.leaves(abstract_state))
+    if saved != wanted:
+        raise CheckpointError(f"{directory / str(step)}: holds {len(saved)} arrays whose shapes differ "
+                              f"from the {len(wanted)} this config builds (another model or "
+                              "optimizer?): resume with the run's own config")

@@ -111,8 +111,9 @@ def build_train_state(model: nnx.Module, train_cfg: TrainConfig, total_steps: in
 
 
 def restore_or_start(checkpointer, state, *, resume: bool) -> tuple[Any, Position]:
-    if resume and checkpointer.latest_step() is not None:
-        state, meta = checkpointer.restore(None, state)
+    restored = checkpointer.restore_latest(state) if resume else None
+    if restored is not None:  # the newest checkpoint that reads back; damaged ones set aside
+        _, state, meta = restored
         start = Position(meta["epoch"], meta["batch"], meta["steps"])
         log.info("resumed from step %d (epoch %d, batch %d)", start.steps, start.epoch, start.batch)
         return state, start

@@ -21,7 +21,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
     import importlib
 
     from jaxrlhf.checkpoint import Checkpointer
-    from jaxrlhf.models import load_tokenizer, reward_model_from_pretrained, save_pretrained
+    from jaxrlhf.models import CheckpointError, load_tokenizer, reward_model_from_pretrained, save_pretrained
     from jaxrlhf.sharding import MeshConfig, make_mesh
     from jaxrlhf.stages.common import load_policy
     from jaxrlhf.steps.common import init_train_state, make_optimizer
@@ -34,10 +34,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
     module, name = STAGE_CONFIGS[stage]
     cfg = load_config(getattr(importlib.import_module(module), name), run_dir / "config.yaml")
     checkpointer = Checkpointer(run_dir / "checkpoints")
-    step = checkpointer.latest_step() if step is None else step
-    if step is None or step not in checkpointer.all_steps():
-        raise ConfigError(f"{run_dir / 'checkpoints'}: no complete checkpoint"
-                          + (f" for step {step}" if step is not None else ""))
+    if step is not None and step not in checkpointer.all_steps():
+        raise ConfigError(f"{run_dir / 'checkpoints'}: no complete checkpoint for step {step}")
+    if step is None and checkpointer.latest_step() is None:
+        raise ConfigError(f"{run_dir / 'checkpoints'}: no complete checkpoint")
     mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
     if stage == "rm":
         model = reward_model_from_pretrained(cfg.model.path, dtype=cfg.model.dtype,
@@ -49,7 +49,14 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
     abstract = jax.eval_shape(lambda: init_train_state(params, buffers, tx, cfg.seed))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
-    state, _ = checkpointer.restore(step, abstract)
+    if step is None:  # the newest checkpoint that reads back; damaged ones set aside
+        _, state, _ = checkpointer.restore_latest(abstract)
+    else:
+        try:
+            state, _ = checkpointer.restore(step, abstract)
+        except Exception as e:  # the step asked for is damaged: no fallback to another one
+            raise CheckpointError(f"{run_dir / 'checkpoints' / str(step)}: cannot be read back "
+                                  f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]})") from None
     model = nnx.merge(graphdef, state.params, state.buffers)
     results = run_dir / "results.json"
     if stage == "rm" and results.exists():
