@@ -7,6 +7,8 @@ import dataclasses
 import functools
 import json
 import logging
+import math
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -17,7 +19,7 @@ from flax import nnx
 from jax.sharding import Mesh
 
 from jaxrlhf.config import ConfigError, save_config
-from jaxrlhf.loop import MetricsLog, Position, TrainConfig, train_loop
+from jaxrlhf.loop import Position, TrainConfig
 from jaxrlhf.sharding import put_global, to_host
 
 log = logging.getLogger(__name__)
@@ -66,19 +68,99 @@ def load_train_eval(data_cfg: StageDataConfig, seed: int, load: Callable):
 
 
 def prepare_run_dir(cfg, *, resume: bool, stage: str):
-    """The run folder and its checkpointer; refuses to overwrite a run without --resume."""
+    """The run folder and its checkpointer; refuses to overwrite a run without --resume.
+
+    Everything that can be checked without the data or the model (output folder, mesh
+    against the visible devices, a resume's unchanged data order and shapes) is checked
+    before anything is written. A resume never overwrites the run's first config.yaml: a
+    changed config is written next to it as config.resume-N.yaml and listed in the record.
+    """
     from jaxrlhf.checkpoint import Checkpointer
 
     out = Path(cfg.output_dir)
-    checkpointer = Checkpointer(out / "checkpoints", keep=cfg.train.keep_checkpoints)
-    if not resume and checkpointer.latest_step() is not None:
+    check_output_dir(out)
+    check_mesh_fits(cfg.mesh, jax.device_count())
+    has_checkpoints = (out / "checkpoints").is_dir() and Checkpointer(
+        out / "checkpoints", keep=cfg.train.keep_checkpoints).latest_step() is not None
+    if not resume and has_checkpoints:
         raise ConfigError(f"{out / 'checkpoints'} already holds checkpoints: pass --resume to "
                           "continue that run, or choose another output_dir")
-    if jax.process_index() == 0:
-        out.mkdir(parents=True, exist_ok=True)
-        save_config(cfg, out / "config.yaml")
-        (out / "stage").write_text(stage + "\n")
+    resuming = resume and has_checkpoints and (out / "config.yaml").exists()
+    if resuming:
+        _record_resume(cfg, out, stage)
+    elif jax.process_index() == 0:
+        _record_first_start(cfg, out, stage)
+    checkpointer = Checkpointer(out / "checkpoints", keep=cfg.train.keep_checkpoints)
     return out, checkpointer
+
+
+def check_output_dir(out: Path) -> None:
+    """One-line ConfigError when ``out`` is a file or cannot be created, before any write."""
+    if out.exists():
+        if not out.is_dir():
+            raise ConfigError(f"output_dir {out}: exists and is not a folder")
+        if not os.access(out, os.W_OK | os.X_OK):
+            raise ConfigError(f"output_dir {out}: not writable")
+        return
+    parent = out.parent
+    while not parent.exists() and parent != parent.parent:
+        parent = parent.parent
+    if not parent.is_dir():
+        raise ConfigError(f"output_dir {out}: cannot be created, {parent} is a file")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ConfigError(f"output_dir {out}: cannot be created, {parent} is not writable")
+
+
+def check_mesh_fits(mesh_cfg, num_devices: int) -> None:
+    """One-line ConfigError when the mesh cannot be laid over ``num_devices`` devices (an
+    explicit mesh smaller than the devices is fine: it uses the first ones)."""
+    sizes = mesh_cfg.sizes()
+    if -1 not in sizes and math.prod(sizes) < num_devices:
+        return
+    try:
+        mesh_cfg.resolve(num_devices)
+    except ValueError as e:
+        raise ConfigError(f"mesh: {e}") from None
+
+
+def _record_first_start(cfg, out: Path, stage: str) -> None:
+    from jaxrlhf.run_record import RECORD_FILE, record_for
+
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise ConfigError(f"output_dir {out}: cannot be created ({e.strerror})") from None
+    save_config(cfg, out / "config.yaml")
+    (out / "stage").write_text(stage + "\n")
+    record = {"fixed": record_for(cfg, stage), "resumes": []}
+    (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
+
+
+def _record_resume(cfg, out: Path, stage: str) -> None:
+    """Check a resume against the run's record; write the changed config beside the first."""
+    from jaxrlhf.config import read_yaml, to_dict
+    from jaxrlhf.run_record import RECORD_FILE, check_resume, config_changes, read_record, record_for
+
+    current = record_for(cfg, stage)
+    record = read_record(out / RECORD_FILE)
+    if record is None:  # a run started before run records: nothing to compare with
+        log.warning("%s has no %s: cannot check that --resume keeps the data order; recording "
+                    "the current config as the run's", out, RECORD_FILE)
+        record = {"fixed": current, "resumes": []}
+    else:
+        check_resume(record["fixed"], current)
+    changes = config_changes(read_yaml(out / "config.yaml"), to_dict(cfg))
+    if changes and jax.process_index() == 0:
+        n = 1
+        while (out / f"config.resume-{n}.yaml").exists():
+            n += 1
+        name = f"config.resume-{n}.yaml"
+        save_config(cfg, out / name)
+        record.setdefault("resumes", []).append({"config": name, "changed": changes})
+        log.info("--resume with changed settings %s (saved as %s; config.yaml keeps the first)",
+                 ", ".join(f"{k}: {a!r} -> {b!r}" for k, (a, b) in changes.items()), name)
+    if jax.process_index() == 0:
+        (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
 def steps_per_epoch_for(train_cfg: TrainConfig, mesh: Mesh, num_rows: int) -> int:
@@ -189,19 +271,84 @@ def add_sums(total: dict | None, part: dict) -> dict[str, np.ndarray]:
     return part if total is None else jax.tree.map(np.add, total, part)
 
 
-def fit(*, state, step: Callable, train, train_cfg: TrainConfig, seed: int, batch_sh,
-        steps_per_epoch: int, start: Position, checkpointer, evaluate: Callable | None, out: Path,
-        desc: str):
-    """The shared loop over a stage's training data, logging to ``out``."""
-    metrics_log = MetricsLog(out)
-    try:
-        return train_loop(state=state, train_step=step,
-                          batches=train_batches(train, train_cfg, seed=seed, batch_sh=batch_sh),
-                          steps_per_epoch=steps_per_epoch, config=train_cfg, start=start,
-                          checkpointer=checkpointer, evaluate=evaluate, metrics_log=metrics_log,
-                          desc=desc)
-    finally:
-        metrics_log.close()
+@dataclasses.dataclass
+class SupervisedParts:
+    """What a supervised stage (sft, rm, dpo) adds to the shared recipe of :func:`run_supervised`.
+
+    step: ``step(state, batch)`` or, with ``frozen``, ``step(state, frozen, batch)`` (un-jitted);
+    evaluate(state) -> metrics, or None without eval data; finalize(state) -> (model to save,
+    extra results.json entries). ``train``/``eval_data`` may differ from the loaded data (DPO
+    adds precomputed reference log-probs)."""
+
+    step: Callable
+    train: Any
+    eval_data: Any
+    evaluate: Callable | None
+    finalize: Callable
+    frozen: Any = None
+    frozen_shardings: Any = None
+
+
+@dataclasses.dataclass(frozen=True)
+class SupervisedStage:
+    """A supervised stage: its name, how it loads data and its model, and its parts."""
+
+    name: str
+    load_data: Callable  # (cfg, tokenizer) -> (train, eval or None, reports)
+    load_model: Callable  # (cfg, mesh) -> nnx.Module
+    build: Callable  # (cfg, *, graphdef, tx, mesh, train, eval_data) -> SupervisedParts
+    postfix: tuple[str, ...] = ("loss",)
+
+
+def loop_settings(train_cfg: TrainConfig, steps_per_epoch: int, desc: str, postfix=("loss",)):
+    from jaxrlhf.trainer import LoopSettings
+
+    return LoopSettings(total_steps=train_cfg.total_steps(steps_per_epoch), steps_per_epoch=steps_per_epoch,
+                        log_every=train_cfg.log_every, eval_every=train_cfg.eval_every,
+                        save_every=train_cfg.save_every, max_nonfinite_steps=train_cfg.max_nonfinite_steps,
+                        desc=desc, postfix=postfix)
+
+
+def run_supervised(cfg, stage: SupervisedStage, *, resume: bool = False) -> dict:
+    """The recipe every supervised stage shares: run folder, data, model, sharded train state,
+    resume, jitted step, the trainer's loop, final export and results.json."""
+    from jaxrlhf.models import load_tokenizer
+    from jaxrlhf.sharding import make_mesh
+    from jaxrlhf.steps.common import learning_rate_schedule
+    from jaxrlhf.trainer import Trainer
+
+    out, checkpointer = prepare_run_dir(cfg, resume=resume, stage=stage.name)
+    mesh = make_mesh(cfg.mesh)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
+    train, eval_, reports = stage.load_data(cfg, tokenizer)
+    steps_per_epoch = steps_per_epoch_for(cfg.train, mesh, len(train))
+    total = cfg.train.total_steps(steps_per_epoch)
+
+    model = stage.load_model(cfg, mesh)
+    graphdef, state, shardings, tx = build_train_state(model, cfg.train, total, cfg.seed, mesh)
+    state, start = restore_or_start(checkpointer, state, resume=resume)
+    parts = stage.build(cfg, graphdef=graphdef, tx=tx, mesh=mesh, train=train, eval_data=eval_)
+    example = stack_micro_batches(parts.train.take(np.arange(cfg.train.batch_size)).as_dict(),
+                                  cfg.train.accumulation_steps)
+    step, batch_sh = jit_train_step(parts.step, state_shardings=shardings, example_batch=example, mesh=mesh,
+                                    frozen=parts.frozen, frozen_shardings=parts.frozen_shardings)
+    trainer = Trainer(loop_settings(cfg.train, steps_per_epoch, stage.name, stage.postfix), out=out,
+                      checkpointer=checkpointer,
+                      learning_rate=functools.partial(_float_schedule, learning_rate_schedule(cfg.train.optim, total)))
+    result = trainer.fit(state, step, train_batches(parts.train, cfg.train, seed=cfg.seed, batch_sh=batch_sh),
+                         start, evaluate=parts.evaluate if parts.eval_data is not None else None)
+    final, extra = parts.finalize(result.state)
+    return finish_run(out, final, tokenizer, position=result.position, last_eval=result.last_eval,
+                      reports=reports, checkpointer=checkpointer, **extra)
+
+
+def _float_schedule(schedule, step: int) -> float:
+    return float(schedule(step))
+
+
+def merged_model(graphdef, state):
+    """The trained model of a supervised state (params + buffers)."""
+    return nnx.merge(graphdef, state.params, state.buffers)
 
 
 def finish_run(out: Path, model, tokenizer, *, position: Position, last_eval: dict, reports: dict,
