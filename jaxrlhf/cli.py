@@ -65,7 +65,9 @@ def add_init_model(sub) -> None:
         epilog="example: jaxrlhf init-model --config configs/init/llama-tiny.yaml "
                "--set output_dir=runs/my-model")
     _add_config_args(p)
-    p.add_argument("--tokenizer", metavar="DIR", help="copy this folder's tokenizer into the output")
+    p.add_argument("--tokenizer", metavar="DIR",
+                   help="copy this folder's tokenizer into the output (default: a character tokenizer with "
+                        "byte fallback, jaxrlhf.data.tokenizers, 360 tokens)")
     p.set_defaults(run=run_init_model)
 
 
@@ -74,23 +76,28 @@ def run_init_model(args) -> int:
 
     from jaxrlhf.config import (ConfigError, RunConfig, load_config, read_yaml, resolve_path,
                                 save_config)
+    from jaxrlhf.data.tokenizers import build_char_tokenizer
     from jaxrlhf.models import config_from_hf, create_model, load_tokenizer, save_pretrained
+    from jaxrlhf.tokenizer_check import check_tokenizer_fits
 
     cfg = load_config(RunConfig, args.config, args.overrides)
     if not cfg.model.arch:
         raise ConfigError("init-model needs model.arch: an architecture YAML (see configs/models/)")
     arch_file = resolve_path(cfg.model.arch, args.config)
     arch = config_from_hf(read_yaml(arch_file), strict=True, source=str(arch_file))
+    # the folder must work in every stage as saved, so it always gets a tokenizer that fits it
+    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else build_char_tokenizer()
+    check_tokenizer_fits(tokenizer, arch.vocab_size, tokenizer_at=args.tokenizer or "the built char tokenizer",
+                         model_at=f"of {arch_file}")
     mesh = _mesh_or_error(cfg.mesh, "mesh")
     log.info("mesh %s over %d %s device(s)", dict(mesh.shape), mesh.size, jax.devices()[0].platform)
     start = time.perf_counter()
     model = create_model(arch, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
                          remat=cfg.model.remat, mesh=mesh, seed=cfg.seed)
-    tokenizer = load_tokenizer(args.tokenizer) if args.tokenizer else None
     out = save_pretrained(model, cfg.output_dir, tokenizer=tokenizer)
     save_config(cfg, Path(out) / "jaxrlhf_config.yaml")
     n = _param_count(model)
-    print(f"saved {arch.model_type} model with {n:,} parameters to {out} "
+    print(f"saved {arch.model_type} model with {n:,} parameters and a {len(tokenizer)}-token tokenizer to {out} "
           f"({time.perf_counter() - start:.1f}s)")
     return 0
 

@@ -315,11 +315,15 @@ def run_supervised(cfg, stage: SupervisedStage, *, resume: bool = False) -> dict
     from jaxrlhf.models import load_tokenizer
     from jaxrlhf.sharding import make_mesh
     from jaxrlhf.steps.common import learning_rate_schedule
+    from jaxrlhf.tokenizer_check import check_stage_tokenizer
     from jaxrlhf.trainer import Trainer
 
     out, checkpointer = prepare_run_dir(cfg, resume=resume, stage=stage.name)
     mesh = make_mesh(cfg.mesh)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
+    # before any weights load: a reference model (DPO) must fit the tokenizer as well
+    check_stage_tokenizer(tokenizer, cfg.model, cfg.tokenizer or cfg.model.path,
+                          extra_models=[getattr(cfg, "reference_path", None)])
     train, eval_, reports = stage.load_data(cfg, tokenizer)
     steps_per_epoch = steps_per_epoch_for(cfg.train, mesh, len(train))
     total = cfg.train.total_steps(steps_per_epoch)

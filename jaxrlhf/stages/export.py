@@ -24,6 +24,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
     from jaxrlhf.models import CheckpointError, load_tokenizer, reward_model_from_pretrained, save_pretrained
     from jaxrlhf.sharding import MeshConfig, make_mesh
     from jaxrlhf.stages.common import load_policy
+    from jaxrlhf.tokenizer_check import check_stage_tokenizer
     from jaxrlhf.steps.common import init_train_state, make_optimizer
 
     run_dir = Path(run_dir)
@@ -64,5 +65,6 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
         if norm:
             model.normalization.set_value(jnp.asarray([norm["gain"], norm["bias"]], jnp.float32))
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
+    check_stage_tokenizer(tokenizer, cfg.model, cfg.tokenizer or cfg.model.path)
     checkpointer.close()
     return save_pretrained(model, out, dtype=dtype, tokenizer=tokenizer)

@@ -29,8 +29,10 @@ def generate_file(model_dir: str, prompts_file: str, out_file: str, *, config, b
     from jaxrlhf.data.prompts import load_prompts, tokenize_prompts
     from jaxrlhf.generate import generate
     from jaxrlhf.models import from_pretrained, load_tokenizer
+    from jaxrlhf.tokenizer_check import check_tokenizer_fits, model_vocab_size
 
     tokenizer = load_tokenizer(model_dir)
+    check_tokenizer_fits(tokenizer, model_vocab_size(model_dir), tokenizer_at=model_dir, model_at=model_dir)
     examples, report = load_prompts(prompts_file, tokenizer=tokenizer, strict=True)
     arrays = tokenize_prompts(examples, tokenizer, max_length=max_prompt_length, report=report)
     model = from_pretrained(model_dir, dtype=dtype, mesh=mesh)
