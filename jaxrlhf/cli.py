@@ -264,17 +264,36 @@ def add_export(sub) -> None:
     p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="convert weights on export (default: as trained)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write --out even if it is a folder jaxrlhf did not write or lies in an input model folder")
     p.set_defaults(run=run_export)
 
 
 def run_export(args) -> int:
-    from jaxrlhf.config import ConfigError
+    import shutil
+    import tempfile
+
+    from jaxrlhf.config import ConfigError, read_yaml
+    from jaxrlhf.paths import check_output, replace_folder
     from jaxrlhf.stages.export import export_run
 
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").exists():
         raise ConfigError(f"{run_dir / 'config.yaml'}: not found (is {run_dir} a training run folder?)")
-    out = export_run(run_dir, args.out, step=args.step, dtype=args.dtype)
+    run_cfg = read_yaml(run_dir / "config.yaml")
+    model = run_cfg.get("model") if isinstance(run_cfg.get("model"), dict) else {}
+    out = check_output(args.out, folder=True, overwrite=args.overwrite,
+                       input_model_dirs=(model.get("path"), run_cfg.get("tokenizer"), run_dir / "checkpoints"))
+    # written beside --out first, then moved in: a failed export leaves --out as it was, and a
+    # replaced folder keeps no stale shard, index or config of what it held before
+    out.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
+    try:
+        export_run(run_dir, staging, step=args.step, dtype=args.dtype)
+        replace_folder(staging, out, command="export", run=str(run_dir), step=args.step)
+    finally:
+        if staging.exists():
+            shutil.rmtree(staging)
     print(f"exported {run_dir} to {out}")
     return 0
 
@@ -302,14 +321,24 @@ def add_generate(sub) -> None:
     p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
     p.add_argument("--strict", action="store_true",
                    help="accepted for old scripts; generate always stops at the first row it cannot render")
+    p.add_argument("--overwrite", action="store_true",
+                   help="write --out even if it is an input of this command or lies in the model folder")
     p.set_defaults(run=run_generate)
 
 
 def run_generate(args) -> int:
     from jaxrlhf.config import ConfigError
     from jaxrlhf.generate import SamplingConfig
+    from jaxrlhf.paths import check_output
     from jaxrlhf.stages.sample import generate_file
 
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    if args.max_prompt_length < 1:
+        raise ConfigError(f"--max-prompt-length must be >= 1, got {args.max_prompt_length}")
+    if args.seed < 0:
+        raise ConfigError(f"--seed must be >= 0, got {args.seed}")
+    check_output(args.out, inputs=(args.prompts,), input_model_dirs=(args.model,), overwrite=args.overwrite)
     try:
         config = SamplingConfig(max_new_tokens=args.max_new_tokens, temperature=args.temperature,
                                 top_k=args.top_k, top_p=args.top_p)
@@ -415,9 +444,36 @@ def _fmt_bytes(n: float) -> str:
 
 from jaxrlhf.cli_tasks import add_data, add_demo, add_eval  # noqa: E402
 
+# --------------------------------------------------------------------------- config
+
+
+def add_config(sub) -> None:
+    p = sub.add_parser("config", help="show a stage's config keys, defaults and descriptions",
+                       description="Print every key a stage's YAML config takes (dotted, as --set takes "
+                                   "it), its default and a one-line description, read from the config "
+                                   "dataclasses and their field comments.",
+                       epilog="example: jaxrlhf config show sft")
+    actions = p.add_subparsers(dest="action", metavar="ACTION", required=True)
+    show = actions.add_parser("show", help="print every key of STAGE's config with its default")
+    show.add_argument("stage", metavar="STAGE", choices=list(STAGES), help=" | ".join(STAGES))
+    p.set_defaults(run=run_config)
+
+
+def run_config(args) -> int:
+    import importlib
+
+    from jaxrlhf.config_doc import config_keys, format_keys
+
+    module_name, config_name = STAGES[args.stage][:2]
+    cls = getattr(importlib.import_module(module_name), config_name)
+    print(format_keys(config_keys(cls), f"# jaxrlhf {args.stage} --config FILE: every key (--set KEY=VALUE), "
+                                        f"its default and what it does ({module_name}.{config_name})"))
+    return 0
+
+
 COMMANDS = (_stage_adder("sft"), _stage_adder("rm"), _stage_adder("dpo"), _stage_adder("ppo"), add_demo,
             add_data, add_eval, add_generate, add_export, add_plan,
-            add_init_model, add_inspect)
+            add_init_model, add_inspect, add_config)
 
 
 def build_parser() -> argparse.ArgumentParser:

@@ -106,12 +106,20 @@ def add_eval(sub) -> None:
     lc.add_argument("--out", required=True, metavar="FILE", help="predictions JSONL to write")
     lc.add_argument("--batch-size", type=int, default=32)
     lc.add_argument("--max-prompt-length", type=int, default=384)
+    lc.add_argument("--overwrite", action="store_true",
+                    help="write --out even if it is the --data file or lies in the model folder")
     lc.set_defaults(run=run_eval_length_control)
 
 
 def run_eval_length_control(args) -> int:
+    from jaxrlhf.config import ConfigError
+    from jaxrlhf.paths import check_output
     from jaxrlhf.tasks.length_control import evaluate_length_control, format_distribution
 
+    for flag, value in (("--batch-size", args.batch_size), ("--max-prompt-length", args.max_prompt_length)):
+        if value < 1:
+            raise ConfigError(f"{flag} must be >= 1, got {value}")
+    check_output(args.out, inputs=(args.data,), input_model_dirs=(args.model,), overwrite=args.overwrite)
     result = evaluate_length_control(args.model, args.data, args.out, batch_size=args.batch_size,
                                      max_prompt_length=args.max_prompt_length)
     print(f"mean length score {result['mean_score']:.3f} over {result['scored_rows']} rows "
