@@ -49,8 +49,8 @@ class ModelConfig:
 class RunConfig:
     """The settings every command shares; stage configs extend this."""
 
-    seed: int = 0
-    output_dir: str = "runs/default"
+    seed: int = 0  # seeds initialisation, data order and sampling: a run is repeatable from it
+    output_dir: str = "runs/default"  # the run folder: checkpoints, logs, results.json, final/
     model: ModelConfig = ModelConfig()
     mesh: MeshConfig = MeshConfig()
 

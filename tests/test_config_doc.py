@@ -1,0 +1,101 @@
+"""``jaxrlhf config show STAGE``: every key with its default and a description, generated from
+the config dataclasses and their comments (issue 31, defect 7: keys were not discoverable)."""
+
+import dataclasses
+import importlib
+
+import pytest
+import yaml
+
+from jaxrlhf.cli import STAGES, main
+from jaxrlhf.config_doc import config_keys
+
+
+def shown(capsys, stage) -> dict[str, tuple[str, str]]:
+    """``{key: (default, description)}`` as printed."""
+    assert main(["config", "show", stage]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[0].startswith(f"# jaxrlhf {stage} --config FILE")
+    rows = {}
+    for line in lines[1:]:
+        body, _, text = line.partition("  # ")
+        key, _, default = body.strip().partition(" ")
+        rows[key] = (default.strip(), text)
+    return rows
+
+
+def walk(cls, prefix="", instance=None):
+    """(dotted key, default or a section marker) of every field, independently of config_doc."""
+    for f in dataclasses.fields(cls):
+        value = getattr(instance, f.name) if instance is not None else (
+            f.default if f.default is not dataclasses.MISSING else f.default_factory())
+        if dataclasses.is_dataclass(value):
+            yield prefix + f.name, "section"
+            yield from walk(type(value), prefix + f.name + ".", value)
+        else:
+            yield prefix + f.name, value
+
+
+@pytest.mark.parametrize("stage", ["sft", "rm", "dpo", "ppo"])
+def test_every_key_and_default_is_shown(stage, capsys):
+    module, name = STAGES[stage][:2]
+    cls = getattr(importlib.import_module(module), name)
+    rows = shown(capsys, stage)
+    expected = dict(walk(cls))
+    assert set(expected) <= set(rows)
+    assert set(rows) - set(expected) <= {k for k in rows if "[]." in k}  # items of a list of sections
+    for key, value in expected.items():
+        if value == "section":
+            assert rows[key][0] == "", key
+        else:  # what is printed reads back as the default
+            printed = yaml.safe_load(rows[key][0])
+            assert printed == (list(value) if isinstance(value, tuple) else value), key
+    assert rows["model.path"][1] == "a Hugging Face folder (config.json + safetensors)"  # the field's comment
+    assert rows["train.optim.max_grad_norm" if stage != "ppo" else "train.actor_optim.max_grad_norm"][1] \
+        == "0 disables clipping"
+    assert rows["seed"][1].startswith("seeds initialisation")  # RunConfig's comment for an uncommented repeat
+    assert rows["model"][1] == "Which model to start from and how to run it."  # a section: its docstring
+
+
+def test_ppo_specifics(capsys):
+    rows = shown(capsys, "ppo")
+    assert rows["rollout.max_new_tokens"][0] == "64"  # the section's own default, not SamplingConfig's
+    assert rows["critic_path"][1].endswith("else model.path (unused with train.use_critic false)")
+    assert rows["rewards[].kind"] == ("model", "model (a learned reward model folder) | rule (a registered function)")
+
+
+def test_description_sources():
+    @dataclasses.dataclass(frozen=True)
+    class Inner:
+        """Inner settings.
+
+        More text that is not shown."""
+
+        depth: int = 2  # how deep
+        #   and why (a continuation)
+
+    @dataclasses.dataclass(frozen=True)
+    class Outer:
+        # a block comment above,
+        # over two lines
+        name: str = "x"
+        rate: float = dataclasses.field(default=0.5, metadata={"help": "from metadata"})  # not this
+        inner: Inner = Inner()
+        items: tuple[Inner, ...] = ()
+        flag: bool = True
+
+    assert [(r.key, r.default, r.help) for r in config_keys(Outer)] == [
+        ("name", "x", "a block comment above, over two lines"),
+        ("rate", "0.5", "from metadata"),
+        ("inner", "", "Inner settings."),
+        ("inner.depth", "2", "how deep and why (a continuation)"),
+        ("items", "[]", "Inner settings."),
+        ("items[].depth", "2", "how deep and why (a continuation)"),
+        ("flag", "true", ""),
+    ]
+
+
+def test_unknown_stage_is_a_usage_error(capsys):
+    with pytest.raises(SystemExit):
+        main(["config", "show", "nope"])
+    assert "invalid choice: 'nope'" in capsys.readouterr().err
