@@ -66,3 +66,28 @@ def torch_logits(model, ids: np.ndarray, mask: np.ndarray) -> np.ndarray:
     with torch.no_grad():
         out = model(input_ids=ids_t, attention_mask=mask_t, position_ids=positions)
     return out.logits.float().numpy()
+
+
+def tiny_qwen3_config(**overrides) -> transformers.Qwen3Config:
+    """head_dim 24 != hidden / heads (64 / 4), as in real Qwen3 checkpoints."""
+    kwargs = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=112, num_hidden_layers=2,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=24,
+                  max_position_embeddings=128, rms_norm_eps=1e-6, rope_theta=1000000.0,
+                  tie_word_embeddings=False, pad_token_id=0, bos_token_id=1, eos_token_id=2)
+    kwargs.update(overrides)
+    return transformers.Qwen3Config(**kwargs)
+
+
+def tiny_gemma3_config(**overrides) -> transformers.Gemma3TextConfig:
+    """Four layers: sliding, full, sliding, full with window 8, and the two RoPE bases far apart."""
+    kwargs = dict(vocab_size=VOCAB, hidden_size=64, intermediate_size=112, num_hidden_layers=4,
+                  num_attention_heads=4, num_key_value_heads=2, head_dim=16,
+                  max_position_embeddings=256, rms_norm_eps=1e-6, query_pre_attn_scalar=24,
+                  sliding_window=8,
+                  layer_types=["sliding_attention", "full_attention"] * 2,
+                  rope_parameters={"sliding_attention": {"rope_type": "default", "rope_theta": 10.0},
+                                   "full_attention": {"rope_type": "default", "rope_theta": 10000.0}},
+                  pad_token_id=0, bos_token_id=1, eos_token_id=2, tie_word_embeddings=True,
+                  attn_implementation="eager")
+    kwargs.update(overrides)
+    return transformers.Gemma3TextConfig(**kwargs)

@@ -101,6 +101,9 @@ def llama_tensor_maps(config) -> list[TensorMap]:
             torch_linear(f"{hf}.mlp.up_proj.weight", mlp + ("up_proj", "kernel"), (e,), (m,)),
             torch_linear(f"{hf}.mlp.down_proj.weight", mlp + ("down_proj", "kernel"), (m,), (e,)),
         ]
+        if getattr(config, "qk_norm", False):
+            maps += [same(f"{hf}.self_attn.{p}_norm.weight", att + (f"{p}_norm", "weight"), (d,))
+                     for p in "qk"]
         if config.qkv_bias:
             maps += [bias(f"{hf}.self_attn.{p}_proj.bias", att + (f"{p}_proj", "bias"), (n, d))
                      for p, n in (("q", h), ("k", k), ("v", k))]
@@ -109,6 +112,34 @@ def llama_tensor_maps(config) -> list[TensorMap]:
         if config.mlp_bias:
             maps += [bias(f"{hf}.mlp.{p}.bias", mlp + (p, "bias"), (n,))
                      for p, n in (("gate_proj", m), ("up_proj", m), ("down_proj", e))]
+    if not config.tie_word_embeddings:
+        maps.append(torch_linear("lm_head.weight", ("lm_head", "kernel"), (e,), (v,)))
+    return maps
+
+
+def gemma3_tensor_maps(config) -> list[TensorMap]:
+    """Gemma 3 text: Llama's names plus q/k norms and pre/post-feedforward norms; every
+    norm weight is stored zero-centred in both layouts (the model adds 1)."""
+    e, h, k, d, m, v = (config.hidden_size, config.num_attention_heads, config.num_key_value_heads,
+                        config.head_dim, config.intermediate_size, config.vocab_size)
+    maps = [same("model.embed_tokens.weight", ("embed_tokens", "embedding"), (v, e)),
+            same("model.norm.weight", ("final_norm", "weight"), (e,))]
+    for i in range(config.num_hidden_layers):
+        hf, ours = f"model.layers.{i}", ("layers", i)
+        att, mlp = ours + ("self_attn",), ours + ("mlp",)
+        maps += [same(f"{hf}.{n}.weight", ours + (n, "weight"), (e,))
+                 for n in ("input_layernorm", "post_attention_layernorm",
+                           "pre_feedforward_layernorm", "post_feedforward_layernorm")]
+        maps += [same(f"{hf}.self_attn.{n}.weight", att + (n, "weight"), (d,)) for n in ("q_norm", "k_norm")]
+        maps += [
+            torch_linear(f"{hf}.self_attn.q_proj.weight", att + ("q_proj", "kernel"), (e,), (h, d)),
+            torch_linear(f"{hf}.self_attn.k_proj.weight", att + ("k_proj", "kernel"), (e,), (k, d)),
+            torch_linear(f"{hf}.self_attn.v_proj.weight", att + ("v_proj", "kernel"), (e,), (k, d)),
+            torch_linear(f"{hf}.self_attn.o_proj.weight", att + ("o_proj", "kernel"), (h, d), (e,)),
+            torch_linear(f"{hf}.mlp.gate_proj.weight", mlp + ("gate_proj", "kernel"), (e,), (m,)),
+            torch_linear(f"{hf}.mlp.up_proj.weight", mlp + ("up_proj", "kernel"), (e,), (m,)),
+            torch_linear(f"{hf}.mlp.down_proj.weight", mlp + ("down_proj", "kernel"), (m,), (e,)),
+        ]
     if not config.tie_word_embeddings:
         maps.append(torch_linear("lm_head.weight", ("lm_head", "kernel"), (e,), (v,)))
     return maps
@@ -145,7 +176,8 @@ def gpt2_tensor_maps(config) -> list[TensorMap]:
     return maps
 
 
-TENSOR_MAPS = {"llama": llama_tensor_maps, "qwen2": llama_tensor_maps, "gpt2": gpt2_tensor_maps}
+TENSOR_MAPS = {"llama": llama_tensor_maps, "qwen2": llama_tensor_maps, "qwen3": llama_tensor_maps,
+               "gemma3_text": gemma3_tensor_maps, "gpt2": gpt2_tensor_maps}
 
 # Buffers some checkpoints carry that are not parameters (recomputed by every port).
 IGNORED_KEYS = re.compile(r"(rotary_emb\.inv_freq|\.attn\.bias|\.attn\.masked_bias)$")

@@ -20,20 +20,26 @@ from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
 from jaxrlhf.models.base import ArchConfig, CausalLM, as_dtype
+from jaxrlhf.models.gemma3 import Gemma3Config, Gemma3ForCausalLM
 from jaxrlhf.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxrlhf.models.heads import ScalarHeadModel
 from jaxrlhf.models.hf import (TENSOR_MAPS, CheckpointError, TensorMap, iter_hf_tensors,
                                write_safetensors)
-from jaxrlhf.models.llama import LlamaConfig, LlamaForCausalLM, Qwen2Config
+from jaxrlhf.models.llama import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen3Config
 from jaxrlhf.sharding import MeshConfig, create_sharded, make_mesh, state_shardings
 
 # model_type in config.json -> (config class, module class)
 ARCHITECTURES: dict[str, tuple[type[ArchConfig], type[CausalLM]]] = {
     "llama": (LlamaConfig, LlamaForCausalLM),
     "qwen2": (Qwen2Config, LlamaForCausalLM),
+    "qwen3": (Qwen3Config, LlamaForCausalLM),
+    "gemma3_text": (Gemma3Config, Gemma3ForCausalLM),
     "gpt2": (GPT2Config, GPT2LMHeadModel),
 }
 SEQ_CLS_SUFFIX = "ForSequenceClassification"
+# where the reward model's class name is not the causal LM's with the suffix swapped
+# (Gemma3ForSequenceClassification is the multimodal model's)
+SEQ_CLS_PREFIX = {"gemma3_text": "Gemma3Text"}
 NORMALIZATION_KEY = "jaxrlhf_reward_normalization"  # [gain, bias] in a reward model's config.json
 
 
@@ -210,6 +216,7 @@ def save_pretrained(model: CausalLM | ScalarHeadModel, path: str | os.PathLike, 
     if isinstance(model, ScalarHeadModel):
         maps = _prefixed(_without_lm_head(maps), ("backbone",)) + [score_map(config.hidden_size)]
         arch = hf_config["architectures"][0].replace("ForCausalLM", "").replace("LMHeadModel", "")
+        arch = SEQ_CLS_PREFIX.get(config.model_type, arch)
         hf_config.update(architectures=[arch + SEQ_CLS_SUFFIX], num_labels=1,
                          id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
         hf_config[NORMALIZATION_KEY] = [float(x) for x in np.asarray(model.normalization.get_value())]

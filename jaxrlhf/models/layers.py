@@ -83,6 +83,25 @@ class RMSNorm(nnx.Module):
         return self.weight[...].astype(self.dtype) * x32.astype(self.dtype)
 
 
+class GemmaRMSNorm(nnx.Module):
+    """Gemma's RMSNorm: ``x * (1 + w)`` entirely in float32, then cast (transformers casts
+    after the scale, unlike Llama). Its weight is stored zero-centred."""
+
+    def __init__(self, features: int, *, eps: float, dtype, param_dtype):
+        self.eps, self.dtype = eps, dtype
+        self.weight = nnx.Param(jnp.zeros((features,), param_dtype), logical_axes=("norm",))
+
+    def __call__(self, x: jax.Array) -> jax.Array:
+        x32 = x.astype(jnp.float32)
+        x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
+        return (x32 * (1.0 + self.weight[...].astype(jnp.float32))).astype(self.dtype)
+
+
+def soft_cap(x: jax.Array, cap: float | None) -> jax.Array:
+    """Gemma 2/3 logit soft-capping ``tanh(x / cap) * cap`` (identity when ``cap`` is None)."""
+    return x if cap is None else jnp.tanh(x / cap) * cap
+
+
 class LayerNorm(nnx.Module):
     def __init__(self, features: int, *, eps: float, dtype, param_dtype):
         self.eps, self.dtype = eps, dtype
@@ -200,13 +219,27 @@ def attention_mask(key_valid: jax.Array, query_len: int, index: jax.Array | int)
     return causal[None] & key_valid[:, None, :].astype(bool)
 
 
+def sliding_window_mask(mask: jax.Array, index: jax.Array | int, window: int) -> jax.Array:
+    """Restrict a ``[B, T, S]`` mask to the last ``window`` key slots of each query slot.
+
+    Query slots are ``index .. index + T``; a key slot ``k`` is kept iff
+    ``k > q - window`` (transformers' ``sliding_window_overlay``). Slots, not positions:
+    left padding sits before every real token, so among real tokens the two differ by a
+    constant per row and the window is the same.
+    """
+    q_slot = index + jnp.arange(mask.shape[1])
+    k_slot = jnp.arange(mask.shape[2])
+    return mask & (k_slot[None, :] > q_slot[:, None] - window)[None]
+
+
 def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
-                          scale: float) -> jax.Array:
+                          scale: float, softcap: float | None = None) -> jax.Array:
     # q: [B, T, H, D]; k, v: [B, S, K, D] with H a multiple of K (grouped-query); mask: [B, T, S]
     b, t, h, d = q.shape
     kv_heads = k.shape[2]
     q = q.reshape(b, t, kv_heads, h // kv_heads, d)
     scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
+    scores = soft_cap(scores, softcap)  # capped before masking, as transformers does
     scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
     probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
     out = jnp.einsum("bkgts,bskd->btkgd", probs, v)

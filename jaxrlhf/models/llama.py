@@ -1,7 +1,9 @@
-"""Llama (2/3 family) and Qwen2 as one Flax NNX port.
+"""Llama (2/3 family), Qwen2 and Qwen3 (dense) as one Flax NNX port.
 
-Qwen2 is Llama with biases on the q/k/v projections; both read their architecture from
-a transformers ``config.json`` (``model_type`` ``llama`` or ``qwen2``).
+Qwen2 is Llama with biases on the q/k/v projections; Qwen3 is Llama with a per-head
+RMSNorm on q and k before RoPE (and a ``head_dim`` that need not be hidden / heads). All
+read their architecture from a transformers ``config.json`` (``model_type`` ``llama``,
+``qwen2`` or ``qwen3``).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ class LlamaConfig(ArchConfig):
     qkv_bias: bool = False
     o_bias: bool = False
     mlp_bias: bool = False
+    qk_norm: bool = False  # Qwen3: RMSNorm over head_dim on q and k before RoPE
     initializer_range: float = 0.02
 
     def __post_init__(self):
@@ -87,12 +90,12 @@ class LlamaConfig(ArchConfig):
             "num_attention_heads", "num_key_value_heads", "head_dim", "hidden_act",
             "max_position_embeddings", "rms_norm_eps", "tie_word_embeddings", "mlp_bias",
             "initializer_range") if k in known}
-        config_cls = QWEN2 if model_type == "qwen2" else cls
+        config_cls = CONFIG_CLASSES.get(model_type, cls)
         return config_cls(**kwargs, rope_theta=float(theta),
                           rope_scaling_json=json.dumps(rope or None, sort_keys=True),
                           qkv_bias=bool(attention_bias),
                           o_bias=bool(attention_bias) and model_type != "qwen2",
-                          extra_json=extra)
+                          qk_norm=model_type == "qwen3", extra_json=extra)
 
     def to_hf(self) -> dict:
         hf = dict(self.extra)
@@ -110,6 +113,10 @@ class LlamaConfig(ArchConfig):
         if self.model_type == "llama":
             hf["attention_bias"] = self.qkv_bias
             hf["architectures"] = ["LlamaForCausalLM"]
+        elif self.model_type == "qwen3":
+            hf["attention_bias"] = self.qkv_bias
+            hf["architectures"] = ["Qwen3ForCausalLM"]
+            hf["use_sliding_window"] = False
         else:
             hf["architectures"] = ["Qwen2ForCausalLM"]
             hf["use_sliding_window"] = False
@@ -124,7 +131,14 @@ class Qwen2Config(LlamaConfig):
     qkv_bias: bool = True
 
 
+@dataclasses.dataclass(frozen=True)
+class Qwen3Config(LlamaConfig):
+    model_type = "qwen3"
+    qk_norm: bool = True
+
+
 QWEN2 = Qwen2Config
+CONFIG_CLASSES = {"llama": LlamaConfig, "qwen2": Qwen2Config, "qwen3": Qwen3Config}
 
 
 class LlamaAttention(nnx.Module):
@@ -140,15 +154,20 @@ class LlamaAttention(nnx.Module):
                              use_bias=config.qkv_bias, **common)
         self.o_proj = Linear((h, d), (e,), in_axes=("heads", "head_dim"), out_axes=("embed",),
                              use_bias=config.o_bias, **common)
+        norm = dict(eps=config.rms_norm_eps, dtype=dtype, param_dtype=param_dtype)
+        self.q_norm = RMSNorm(d, **norm) if config.qk_norm else None
+        self.k_norm = RMSNorm(d, **norm) if config.qk_norm else None
         self.inv_freq = tuple(rope_inv_freq(d, config.rope_theta, config.rope_scaling).tolist())
         self.scale = d ** -0.5
 
     def __call__(self, x, positions, mask, layer_cache: LayerCache | None, index):
         # x: [B, T, E]; positions: [B, T]; mask: [B, T, S]
         inv_freq = jnp.asarray(self.inv_freq, jnp.float32)
-        q = constrain(apply_rope(self.q_proj(x), positions, inv_freq),
-                      ("act_batch", "act_len", "act_heads", None))
-        k = apply_rope(self.k_proj(x), positions, inv_freq)
+        q, k = self.q_proj(x), self.k_proj(x)  # [B, T, H, D], [B, T, K, D]
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q = constrain(apply_rope(q, positions, inv_freq), ("act_batch", "act_len", "act_heads", None))
+        k = apply_rope(k, positions, inv_freq)
         v = self.v_proj(x)
         if layer_cache is not None:
             layer_cache = write_cache(layer_cache, k, v, index)
