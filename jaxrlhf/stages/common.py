@@ -42,6 +42,9 @@ class StageDataConfig:
             raise ValueError(f"eval_fraction must be in [0, 1), got {self.eval_fraction}")
         if self.max_length < 4:
             raise ValueError(f"max_length must be >= 4, got {self.max_length}")
+        if not 0 <= self.min_prompt_tokens < self.max_length:
+            raise ValueError(f"min_prompt_tokens must be in [0, max_length={self.max_length}) "
+                             f"(0: max_length // 4), got {self.min_prompt_tokens}")
 
 
 def load_train_eval(data_cfg: StageDataConfig, seed: int, load: Callable):
@@ -78,8 +81,11 @@ def prepare_run_dir(cfg, *, resume: bool, stage: str):
     from jaxrlhf.checkpoint import Checkpointer
 
     out = Path(cfg.output_dir)
+    check_seeds(cfg)
     check_output_dir(out)
     check_mesh_fits(cfg.mesh, jax.device_count())
+    if cfg.train.keep_checkpoints < 1:  # every stage's train config: 0 would delete the last one
+        raise ConfigError(f"train.keep_checkpoints must be >= 1, got {cfg.train.keep_checkpoints}")
     has_checkpoints = (out / "checkpoints").is_dir() and Checkpointer(
         out / "checkpoints", keep=cfg.train.keep_checkpoints).latest_step() is not None
     if not resume and has_checkpoints:
@@ -92,6 +98,17 @@ def prepare_run_dir(cfg, *, resume: bool, stage: str):
         _record_first_start(cfg, out, stage)
     checkpointer = Checkpointer(out / "checkpoints", keep=cfg.train.keep_checkpoints)
     return out, checkpointer
+
+
+def check_seeds(config, prefix: str = "") -> None:
+    """Every field named ``seed`` (at any depth) in [0, 2**32): NumPy refuses a negative seed
+    only once the data are shuffled, after the run folder was written."""
+    for f in dataclasses.fields(config):
+        value = getattr(config, f.name)
+        if f.name == "seed" and isinstance(value, int) and not 0 <= value < 2**32:
+            raise ConfigError(f"{prefix}seed must be in [0, 2**32), got {value}")
+        if dataclasses.is_dataclass(value):
+            check_seeds(value, f"{prefix}{f.name}.")
 
 
 def check_output_dir(out: Path) -> None:

@@ -19,7 +19,7 @@ from flax import nnx
 from jaxrlhf.config import ModelConfig
 from jaxrlhf.loop import TrainConfig
 from jaxrlhf.sharding import MeshConfig
-from jaxrlhf.stages.common import StageDataConfig, load_train_eval
+from jaxrlhf.stages.common import StageDataConfig, SupervisedStage, load_train_eval
 
 log = logging.getLogger(__name__)
 
@@ -97,62 +97,50 @@ def precompute_reference(data, reference, graphdef, *, average: bool, batch_size
     return Table({**data.as_dict(), "ref_logps": np.concatenate(parts).astype(np.float32)})
 
 
-def run_dpo(cfg: DPOConfig, *, resume: bool = False) -> dict:
-    from jaxrlhf.models import from_pretrained, load_tokenizer
-    from jaxrlhf.sharding import make_mesh, state_shardings
-    from jaxrlhf.stages.common import (add_sums, build_train_state, eval_batch_size, eval_batches,
-                                       finish_run, fit, jit_train_step, load_policy, prepare_run_dir,
-                                       restore_or_start, stack_micro_batches, steps_per_epoch_for,
+def load_model(cfg: DPOConfig, mesh):
+    from jaxrlhf.stages.common import load_policy
+    return load_policy(cfg.model, mesh=mesh, seed=cfg.seed)
+
+
+def build(cfg: DPOConfig, *, graphdef, tx, mesh, train, eval_data):
+    from jaxrlhf.models import from_pretrained
+    from jaxrlhf.sharding import state_shardings
+    from jaxrlhf.stages.common import (SupervisedParts, add_sums, eval_batch_size, eval_batches, merged_model,
                                        with_mesh)
     from jaxrlhf.steps.dpo import dpo_eval_step, dpo_train_step, summarize
 
-    out, checkpointer = prepare_run_dir(cfg, resume=resume, stage="dpo")
-    mesh = make_mesh(cfg.mesh)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
-    train, eval_, reports = load_data(cfg, tokenizer)
-    steps_per_epoch = steps_per_epoch_for(cfg.train, mesh, len(train))
-
-    policy = load_policy(cfg.model, mesh=mesh, seed=cfg.seed)
     ref_model = from_pretrained(cfg.reference_path or cfg.model.path, dtype=cfg.model.dtype,
                                 param_dtype=cfg.model.param_dtype, mesh=mesh)
     _, ref_params, ref_buffers = nnx.split(ref_model, nnx.Param, ...)
     reference = (ref_params, ref_buffers)
     reference_sh = (state_shardings(ref_params, mesh), state_shardings(ref_buffers, mesh))
-    graphdef, state, shardings, tx = build_train_state(
-        policy, cfg.train, cfg.train.total_steps(steps_per_epoch), cfg.seed, mesh)
-    state, start = restore_or_start(checkpointer, state, resume=resume)
-
-    loss_kwargs = dict(beta=cfg.loss.beta, loss_type=cfg.loss.loss_type,
-                       label_smoothing=cfg.loss.label_smoothing)
+    loss_kwargs = dict(beta=cfg.loss.beta, loss_type=cfg.loss.loss_type, label_smoothing=cfg.loss.label_smoothing)
     if cfg.loss.precompute_reference:
         precompute = functools.partial(precompute_reference, reference=reference, graphdef=graphdef,
-                                       average=cfg.loss.loss_type == "ipo",
-                                       batch_size=eval_batch_size(cfg.train), mesh=mesh,
-                                       pad_to_multiple=cfg.train.pad_to_multiple)
+                                       average=cfg.loss.loss_type == "ipo", batch_size=eval_batch_size(cfg.train),
+                                       mesh=mesh, pad_to_multiple=cfg.train.pad_to_multiple)
         train = precompute(train)
-        eval_ = precompute(eval_) if eval_ is not None else None
+        eval_data = precompute(eval_data) if eval_data is not None else None
         del ref_model, reference  # the reference is no longer needed in memory
         reference, reference_sh = ((), ()), ((), ())
-
-    example = stack_micro_batches(train.take(np.arange(cfg.train.batch_size)).as_dict(),
-                                  cfg.train.accumulation_steps)
-    step, batch_sh = jit_train_step(
-        functools.partial(dpo_train_step, graphdef=graphdef, tx=tx, **loss_kwargs),
-        state_shardings=shardings, example_batch=example, mesh=mesh,
-        frozen=reference, frozen_shardings=reference_sh)
     eval_fn = with_mesh(jax.jit(functools.partial(dpo_eval_step, graphdef=graphdef, **loss_kwargs)), mesh)
 
     def evaluate(state) -> dict[str, float]:
         sums = None
-        for _, batch in eval_batches(eval_, eval_batch_size(cfg.train), mesh,
-                                    pad_to_multiple=cfg.train.pad_to_multiple):
+        for _, batch in eval_batches(eval_data, eval_batch_size(cfg.train), mesh,
+                                     pad_to_multiple=cfg.train.pad_to_multiple):
             sums = add_sums(sums, eval_fn(state, reference, batch))
         return {k: float(v) for k, v in summarize(sums).items()}
 
-    state, position, last_eval = fit(
-        state=state, step=step, train=train, train_cfg=cfg.train, seed=cfg.seed, batch_sh=batch_sh,
-        steps_per_epoch=steps_per_epoch, start=start, checkpointer=checkpointer,
-        evaluate=evaluate if eval_ is not None else None, out=out, desc="dpo")
-    final = nnx.merge(graphdef, state.params, state.buffers)
-    return finish_run(out, final, tokenizer, position=position, last_eval=last_eval, reports=reports,
-                      checkpointer=checkpointer)
+    return SupervisedParts(step=functools.partial(dpo_train_step, graphdef=graphdef, tx=tx, **loss_kwargs),
+                           train=train, eval_data=eval_data, evaluate=evaluate,
+                           finalize=lambda state: (merged_model(graphdef, state), {}),
+                           frozen=reference, frozen_shardings=reference_sh)
+
+
+def run_dpo(cfg: DPOConfig, *, resume: bool = False) -> dict:
+    from jaxrlhf.stages.common import run_supervised
+    return run_supervised(cfg, STAGE, resume=resume)
+
+
+STAGE = SupervisedStage("dpo", load_data, load_model, build, postfix=("loss", "reward_accuracy"))

@@ -13,12 +13,12 @@ import logging
 
 import jax
 import numpy as np
-from flax import nnx
+
 
 from jaxrlhf.config import ModelConfig
 from jaxrlhf.loop import TrainConfig
 from jaxrlhf.sharding import MeshConfig
-from jaxrlhf.stages.common import StageDataConfig, load_train_eval
+from jaxrlhf.stages.common import StageDataConfig, SupervisedStage, load_train_eval
 
 log = logging.getLogger(__name__)
 
@@ -26,6 +26,11 @@ log = logging.getLogger(__name__)
 @dataclasses.dataclass(frozen=True)
 class RMDataConfig(StageDataConfig):
     num_slots: int = 0  # responses per prompt K (padded); 0: the most any row has
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.num_slots < 0 or self.num_slots == 1:
+            raise ValueError(f"num_slots must be 0 (the most any row has) or >= 2, got {self.num_slots}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -53,6 +58,7 @@ class RMConfig:
 
 def load_data(cfg: RMConfig, tokenizer):
     """Tokenised train and eval arrays, and the cleaning report of each file set."""
+    from jaxrlhf.config import ConfigError
     from jaxrlhf.data import load_preference_data, tokenize_ranked
 
     num_slots = cfg.data.num_slots
@@ -60,6 +66,11 @@ def load_data(cfg: RMConfig, tokenizer):
     def load(files):
         nonlocal num_slots  # eval rows are padded to the K of the training rows
         examples, report = load_preference_data(list(files), tokenizer=tokenizer, strict=cfg.data.strict)
+        widest = max(examples, key=lambda e: len(e.responses), default=None)
+        if num_slots and widest is not None and len(widest.responses) > num_slots:
+            inferred = "" if cfg.data.num_slots else " (the most a training row has)"
+            raise ConfigError(f"data.num_slots={num_slots}{inferred} is below the {len(widest.responses)} "
+                              f"responses of {widest.source}:{widest.line}: raise data.num_slots")
         num_slots = num_slots or max(len(e.responses) for e in examples)
         arrays = tokenize_ranked(examples, tokenizer, max_length=cfg.data.max_length,
                                  min_prompt_tokens=cfg.data.min_prompt_tokens or None,
@@ -69,63 +80,52 @@ def load_data(cfg: RMConfig, tokenizer):
     return load_train_eval(cfg.data, cfg.seed, load)
 
 
-def run_rm(cfg: RMConfig, *, resume: bool = False) -> dict:
-    from jaxrlhf.models import load_tokenizer, reward_model_from_pretrained
-    from jaxrlhf.sharding import make_mesh, to_host
-    from jaxrlhf.stages.common import (add_sums, build_train_state, eval_batch_size, eval_batches,
-                                       finish_run, fit, jit_train_step, prepare_run_dir,
-                                       restore_or_start, stack_micro_batches, steps_per_epoch_for,
+def load_model(cfg: RMConfig, mesh):
+    from jaxrlhf.models import reward_model_from_pretrained
+    return reward_model_from_pretrained(cfg.model.path, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
+                                        remat=cfg.model.remat, mesh=mesh, seed=cfg.seed)
+
+
+def build(cfg: RMConfig, *, graphdef, tx, mesh, train, eval_data):
+    from jaxrlhf.sharding import to_host
+    from jaxrlhf.stages.common import (SupervisedParts, add_sums, eval_batch_size, eval_batches, merged_model,
                                        with_mesh)
     from jaxrlhf.steps.rm import eval_summary, rm_eval_step, rm_train_step
 
-    out, checkpointer = prepare_run_dir(cfg, resume=resume, stage="rm")
-    mesh = make_mesh(cfg.mesh)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
-    train, eval_, reports = load_data(cfg, tokenizer)
-    steps_per_epoch = steps_per_epoch_for(cfg.train, mesh, len(train))
-
-    model = reward_model_from_pretrained(cfg.model.path, dtype=cfg.model.dtype,
-                                         param_dtype=cfg.model.param_dtype, remat=cfg.model.remat,
-                                         mesh=mesh, seed=cfg.seed)
-    graphdef, state, shardings, tx = build_train_state(
-        model, cfg.train, cfg.train.total_steps(steps_per_epoch), cfg.seed, mesh)
-    state, start = restore_or_start(checkpointer, state, resume=resume)
-
-    example = stack_micro_batches(train.take(np.arange(cfg.train.batch_size)).as_dict(),
-                                  cfg.train.accumulation_steps)
-    step, batch_sh = jit_train_step(
-        functools.partial(rm_train_step, graphdef=graphdef, tx=tx, margin=cfg.loss.margin,
-                          center_coef=cfg.loss.center_coef),
-        state_shardings=shardings, example_batch=example, mesh=mesh)
-    eval_fn = with_mesh(jax.jit(functools.partial(rm_eval_step, graphdef=graphdef,
-                                                  margin=cfg.loss.margin)), mesh)
+    eval_fn = with_mesh(jax.jit(functools.partial(rm_eval_step, graphdef=graphdef, margin=cfg.loss.margin)), mesh)
 
     def evaluate_with_rewards(state):
         sums, rewards = None, []
-        for rows, batch in eval_batches(eval_, eval_batch_size(cfg.train), mesh,
-                                    pad_to_multiple=cfg.train.pad_to_multiple):
+        for rows, batch in eval_batches(eval_data, eval_batch_size(cfg.train), mesh,
+                                        pad_to_multiple=cfg.train.pad_to_multiple):
             part, r = eval_fn(state, batch)
             sums = add_sums(sums, part)
             valid = to_host(batch["slot_mask"])[0][:rows]
             rewards.append(to_host(r)[0][:rows][valid])
         return eval_summary(sums), np.concatenate(rewards)
 
-    state, position, last_eval = fit(
-        state=state, step=step, train=train, train_cfg=cfg.train, seed=cfg.seed, batch_sh=batch_sh,
-        steps_per_epoch=steps_per_epoch, start=start, checkpointer=checkpointer,
-        evaluate=(lambda s: evaluate_with_rewards(s)[0]) if eval_ is not None else None,
-        out=out, desc="rm")
+    def finalize(state):
+        # reward normalisation: rewards on the eval set get mean 0 and std 1
+        if eval_data is not None:
+            _, rewards = evaluate_with_rewards(state)
+        else:
+            rewards = np.asarray([0.0, 1.0])
+            log.warning("no eval data: reward normalisation left at gain 1, bias 0")
+        std = float(np.std(rewards)) or 1.0
+        gain, bias = 1.0 / std, -float(np.mean(rewards)) / std
+        final = merged_model(graphdef, state)
+        final.normalization.set_value(jax.numpy.asarray([gain, bias], jax.numpy.float32))
+        return final, {"reward_normalization": {"gain": gain, "bias": bias}}
 
-    # reward normalisation: rewards on the eval set get mean 0 and std 1
-    if eval_ is not None:
-        _, rewards = evaluate_with_rewards(state)
-    else:
-        rewards = np.asarray([0.0, 1.0])
-        log.warning("no eval data: reward normalisation left at gain 1, bias 0")
-    std = float(np.std(rewards)) or 1.0
-    gain, bias = 1.0 / std, -float(np.mean(rewards)) / std
-    final = nnx.merge(graphdef, state.params, state.buffers)
-    final.normalization.set_value(jax.numpy.asarray([gain, bias], jax.numpy.float32))
-    return finish_run(out, final, tokenizer, position=position, last_eval=last_eval, reports=reports,
-                      checkpointer=checkpointer,
-                      reward_normalization={"gain": gain, "bias": bias})
+    step = functools.partial(rm_train_step, graphdef=graphdef, tx=tx, margin=cfg.loss.margin,
+                             center_coef=cfg.loss.center_coef)
+    return SupervisedParts(step=step, train=train, eval_data=eval_data,
+                           evaluate=lambda state: evaluate_with_rewards(state)[0], finalize=finalize)
+
+
+def run_rm(cfg: RMConfig, *, resume: bool = False) -> dict:
+    from jaxrlhf.stages.common import run_supervised
+    return run_supervised(cfg, STAGE, resume=resume)
+
+
+STAGE = SupervisedStage("rm", load_data, load_model, build, postfix=("loss", "pair_accuracy"))

@@ -13,13 +13,11 @@ import logging
 import math
 
 import jax
-import numpy as np
-from flax import nnx
 
 from jaxrlhf.config import ModelConfig
 from jaxrlhf.loop import TrainConfig
 from jaxrlhf.sharding import MeshConfig
-from jaxrlhf.stages.common import StageDataConfig, load_train_eval
+from jaxrlhf.stages.common import StageDataConfig, SupervisedStage, load_train_eval
 
 log = logging.getLogger(__name__)
 
@@ -68,45 +66,35 @@ def load_data(cfg: SFTConfig, tokenizer):
     return train, eval_, reports
 
 
-def run_sft(cfg: SFTConfig, *, resume: bool = False) -> dict:
-    from jaxrlhf.models import load_tokenizer
-    from jaxrlhf.sharding import make_mesh
-    from jaxrlhf.stages.common import (add_sums, build_train_state, eval_batch_size, eval_batches,
-                                       finish_run, fit, jit_train_step, load_policy, prepare_run_dir,
-                                       restore_or_start, stack_micro_batches, steps_per_epoch_for,
+def load_model(cfg: SFTConfig, mesh):
+    from jaxrlhf.stages.common import load_policy
+    return load_policy(cfg.model, mesh=mesh, seed=cfg.seed)
+
+
+def build(cfg: SFTConfig, *, graphdef, tx, mesh, train, eval_data):
+    from jaxrlhf.stages.common import (SupervisedParts, add_sums, eval_batch_size, eval_batches, merged_model,
                                        with_mesh)
     from jaxrlhf.steps.sft import sft_eval_step, sft_train_step
 
-    out, checkpointer = prepare_run_dir(cfg, resume=resume, stage="sft")
-    mesh = make_mesh(cfg.mesh)
-    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
-    train, eval_, reports = load_data(cfg, tokenizer)
-    steps_per_epoch = steps_per_epoch_for(cfg.train, mesh, len(train))
-
-    model = load_policy(cfg.model, mesh=mesh, seed=cfg.seed)
-    graphdef, state, shardings, tx = build_train_state(
-        model, cfg.train, cfg.train.total_steps(steps_per_epoch), cfg.seed, mesh)
-    state, start = restore_or_start(checkpointer, state, resume=resume)
-
-    example = stack_micro_batches(train.take(np.arange(cfg.train.batch_size)).as_dict(),
-                                  cfg.train.accumulation_steps)
-    step, batch_sh = jit_train_step(functools.partial(sft_train_step, graphdef=graphdef, tx=tx),
-                                    state_shardings=shardings, example_batch=example, mesh=mesh)
     eval_fn = with_mesh(jax.jit(functools.partial(sft_eval_step, graphdef=graphdef)), mesh)
 
     def evaluate(state) -> dict[str, float]:
         sums = None
-        for _, batch in eval_batches(eval_, eval_batch_size(cfg.train), mesh,
+        for _, batch in eval_batches(eval_data, eval_batch_size(cfg.train), mesh,
                                     pad_to_multiple=cfg.train.pad_to_multiple):
             sums = add_sums(sums, eval_fn(state, batch))
         tokens = float(sums["token_count"])
         loss = float(sums["nll_sum"]) / max(tokens, 1.0)
         return {"loss": loss, "perplexity": math.exp(min(loss, 50.0)), "tokens": tokens}
 
-    state, position, last_eval = fit(
-        state=state, step=step, train=train, train_cfg=cfg.train, seed=cfg.seed, batch_sh=batch_sh,
-        steps_per_epoch=steps_per_epoch, start=start, checkpointer=checkpointer,
-        evaluate=evaluate if eval_ is not None else None, out=out, desc="sft")
-    final = nnx.merge(graphdef, state.params, state.buffers)
-    return finish_run(out, final, tokenizer, position=position, last_eval=last_eval, reports=reports,
-                      checkpointer=checkpointer)
+    return SupervisedParts(step=functools.partial(sft_train_step, graphdef=graphdef, tx=tx), train=train,
+                           eval_data=eval_data, evaluate=evaluate,
+                           finalize=lambda state: (merged_model(graphdef, state), {}))
+
+
+def run_sft(cfg: SFTConfig, *, resume: bool = False) -> dict:
+    from jaxrlhf.stages.common import run_supervised
+    return run_supervised(cfg, STAGE, resume=resume)
+
+
+STAGE = SupervisedStage("sft", load_data, load_model, build, postfix=("loss",))
