@@ -512,7 +512,10 @@ def main(argv: list[str] | None = None) -> int:
         import jax
         jax.config.update("jax_platforms", "cpu")
         jax.config.update("jax_num_cpu_devices", args.devices)
-    elif args.cpu_devices:
+    elif args.cpu_devices is not None:
+        if args.cpu_devices < 1:
+            print(f"jaxrlhf: error: --cpu-devices must be >= 1, got {args.cpu_devices}", file=sys.stderr)
+            return 2
         import jax
         jax.config.update("jax_num_cpu_devices", args.cpu_devices)
     from jaxrlhf.distributed import initialize

@@ -32,6 +32,11 @@ class NonFiniteLossError(RuntimeError):
     """Too many consecutive steps had a NaN/Inf loss or gradient."""
 
 
+# what 0 means for TrainConfig's counts that may be 0 (named in their range errors)
+_ZERO_MEANS = {"epochs": "use max_steps", "max_steps": "no step limit", "micro_batch_size": "no accumulation",
+               "eval_batch_size": "batch_size", "eval_every": "only at the end", "save_every": "only at the end"}
+
+
 @dataclasses.dataclass(frozen=True)
 class TrainConfig:
     epochs: int = 1
@@ -53,6 +58,16 @@ class TrainConfig:
     def __post_init__(self):
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        for name in ("epochs", "max_steps", "micro_batch_size", "eval_batch_size", "eval_every", "save_every"):
+            if getattr(self, name) < 0:
+                raise ValueError(f"{name} must be >= 0 (0: {_ZERO_MEANS[name]}), got {getattr(self, name)}")
+        for name in ("log_every", "max_nonfinite_steps"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        # 0 would let Orbax delete every checkpoint, the last included
+        if self.keep_checkpoints < 1:
+            raise ValueError(f"keep_checkpoints must be >= 1 (the last checkpoint is always kept), "
+                             f"got {self.keep_checkpoints}")
         if self.micro_batch_size and self.batch_size % self.micro_batch_size:
             raise ValueError(f"batch_size {self.batch_size} is not a multiple of "
                              f"micro_batch_size {self.micro_batch_size}")
@@ -89,29 +104,49 @@ class Position:
 
 
 class MetricsLog:
-    """TensorBoard scalars (process 0) plus a JSONL copy of everything logged."""
+    """Trackers (TensorBoard by default, W&B when ``wandb`` is given; see jaxrlhf/tracking.py)
+    on process 0, plus a JSONL copy of everything logged under the metrics' own names.
 
-    def __init__(self, directory: str | Path):
+    ``wandb``: a :class:`~jaxrlhf.tracking.WandbConfig` or its dict (``{"project": ...,
+    "mode": "offline"}``); ``run_config``: the run's settings, shown by W&B next to the run."""
+
+    def __init__(self, directory: str | Path, wandb=None, *, tensorboard: bool = True,
+                 run_config: dict | None = None):
+        from jaxrlhf.tracking import open_trackers
+
         self.directory = Path(directory)
         self.enabled = jax.process_index() == 0
-        self._writer = None
+        self._trackers = []
         if self.enabled:
-            from tensorboardX import SummaryWriter
             self.directory.mkdir(parents=True, exist_ok=True)
-            self._writer = SummaryWriter(str(self.directory / "tensorboard"))
+            self._trackers = open_trackers(self.directory, tensorboard=tensorboard, wandb=wandb,
+                                           run_config=run_config)
             self._jsonl = open(self.directory / "metrics.jsonl", "a", encoding="utf-8")
 
     def write(self, step: int, metrics: dict[str, float], prefix: str) -> None:
+        from jaxrlhf.tracking import tag_name
+
         if not self.enabled:
             return
-        for key, value in metrics.items():
-            self._writer.add_scalar(f"{prefix}/{key}", value, step)
+        tagged = {tag_name(prefix, key): value for key, value in metrics.items()}
+        for tracker in self._trackers:
+            tracker.scalars(step, tagged)
         self._jsonl.write(json.dumps({"step": step, "split": prefix, **metrics}) + "\n")
         self._jsonl.flush()
 
+    def write_text(self, step: int, tag: str, text: str) -> None:
+        """Text for the trackers (e.g. a few sampled completions), tagged ``tag`` (``ppo/samples``)."""
+        from jaxrlhf.tracking import tag_name
+
+        if self.enabled:
+            prefix, _, key = tag.rpartition("/")
+            for tracker in self._trackers:
+                tracker.text(step, tag_name(prefix, key) if prefix else key, text)
+
     def close(self) -> None:
         if self.enabled:
-            self._writer.close()
+            for tracker in self._trackers:
+                tracker.close()
             self._jsonl.close()
 
 

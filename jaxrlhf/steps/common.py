@@ -42,10 +42,22 @@ class OptimConfig:
     def __post_init__(self):
         if self.schedule not in ("cosine", "linear", "constant"):
             raise ValueError(f"schedule must be cosine, linear or constant, got {self.schedule!r}")
-        if self.learning_rate <= 0:
-            raise ValueError(f"learning_rate must be > 0, got {self.learning_rate}")
+        # written as "not (in range)" so that NaN is refused too
+        if not 0 < self.learning_rate < float("inf"):
+            raise ValueError(f"learning_rate must be > 0 and finite, got {self.learning_rate}")
         if self.warmup_steps < 0:
             raise ValueError(f"warmup_steps must be >= 0, got {self.warmup_steps}")
+        if not 0.0 <= self.min_lr_ratio <= 1.0:
+            raise ValueError(f"min_lr_ratio must be in [0, 1], got {self.min_lr_ratio}")
+        if not 0.0 <= self.weight_decay < float("inf"):
+            raise ValueError(f"weight_decay must be >= 0, got {self.weight_decay}")
+        for name in ("b1", "b2"):
+            if not 0.0 <= getattr(self, name) < 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {getattr(self, name)}")
+        if not 0.0 < self.eps < float("inf"):
+            raise ValueError(f"eps must be > 0, got {self.eps}")
+        if not 0.0 <= self.max_grad_norm < float("inf"):
+            raise ValueError(f"max_grad_norm must be >= 0 (0: no clipping), got {self.max_grad_norm}")
 
 
 def learning_rate_schedule(config: OptimConfig, total_steps: int) -> optax.Schedule:
