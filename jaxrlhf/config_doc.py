@@ -26,6 +26,7 @@ import json
 import math
 import textwrap
 import tokenize
+import types
 import typing
 from typing import Any
 
@@ -126,7 +127,12 @@ def _default(field: dataclasses.Field) -> Any:
 
 
 def _section_type(field: dataclasses.Field, hints: dict) -> type | None:
+    """The dataclass of a section field, ``Section`` or ``Section | None`` (an optional section
+    such as ``logging.wandb``: its keys are listed with their defaults when it is given)."""
     tp = hints.get(field.name, field.type)
+    if typing.get_origin(tp) in (typing.Union, types.UnionType):
+        options = [a for a in typing.get_args(tp) if a is not type(None)]
+        tp = options[0] if len(options) == 1 else None
     return tp if isinstance(tp, type) and dataclasses.is_dataclass(tp) else None
 
 
@@ -162,8 +168,9 @@ def config_keys(cls: type, prefix: str = "", defaults: Any = None) -> list[KeyDo
                 or (_declared_comment(RunConfig, field.name) if not prefix else ""))
         section, item = _section_type(field, hints), _item_section_type(field, hints)
         if section is not None:
-            rows.append(KeyDoc(key, "", text or _doc_line(section)))
-            rows += config_keys(section, key + ".", value if value is not dataclasses.MISSING else None)
+            given = dataclasses.is_dataclass(value)
+            rows.append(KeyDoc(key, "" if given else _yaml(value), text or _doc_line(section)))
+            rows += config_keys(section, key + ".", value if given else None)
         else:
             shown = MISSING if value is dataclasses.MISSING else _yaml(value)
             rows.append(KeyDoc(key, shown, text or (_doc_line(item) if item else "")))

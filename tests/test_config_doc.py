@@ -43,7 +43,8 @@ def test_every_key_and_default_is_shown(stage, capsys):
     rows = shown(capsys, stage)
     expected = dict(walk(cls))
     assert set(expected) <= set(rows)
-    assert set(rows) - set(expected) <= {k for k in rows if "[]." in k}  # items of a list of sections
+    optional = [k for k, v in expected.items() if v is None]  # an optional section lists its keys too
+    assert all("[]." in k or any(k.startswith(o + ".") for o in optional) for k in set(rows) - set(expected))
     for key, value in expected.items():
         if value == "section":
             assert rows[key][0] == "", key
@@ -93,6 +94,18 @@ def test_description_sources():
         ("items[].depth", "2", "how deep and why (a continuation)"),
         ("flag", "true", ""),
     ]
+
+
+def test_optional_sections_list_their_keys():
+    from jaxrlhf.tracking import LoggingConfig
+
+    @dataclasses.dataclass(frozen=True)
+    class WithLogging:
+        logging: LoggingConfig = LoggingConfig()
+
+    rows = {r.key: (r.default, r.help) for r in config_keys(WithLogging)}
+    assert rows["logging.wandb"][0] == "null" and rows["logging.wandb.mode"][0] == "online"
+    assert rows["logging.wandb.project"] == ("null", "the W&B project (required to log to W&B)")
 
 
 def test_unknown_stage_is_a_usage_error(capsys):
