@@ -138,6 +138,13 @@ SKIP_ROWS = [  # (row, the reason it is skipped for)
     ({"chosen": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "a"}],
       "rejected": [{"role": "user", "content": "q"}, {"role": "assistant", "content": "b"}]},
      "chat template mismatch"),
+    # issue 36: crashes and silently kept rows (tests/test_data_row_faults.py has their messages)
+    ('{"prompt": "p", "prompt": "q", "chosen": "a", "rejected": "b"}', "duplicate key"),
+    ('{"prompt": "\\ud800", "chosen": "a", "rejected": "b"}', "invalid text"),
+    ('{"prompt": "p", "response": ["a", "b"], "score": [1, ' + "9" * 400 + ']}', "unreadable row"),
+    ({"prompt": "p", "chosen": "a", "rejected": "a"}, "chosen equals rejected"),
+    ({"prompt": "p", "response": ["a", "a"], "score": [1, 0]}, "conflicting scores"),
+    ({"prompt": "p", "chosen": "a", "rejected": "b", "score": [1, 0]}, "pair and ranked fields"),
 ]
 GOOD_ROWS = [{"prompt": "p", "response": [["a"], ["b"]], "score": [2, 1]},
              {"prompt": "p", "response": ["a", "b", "c"], "score": [1, 1, 0]},  # ties allowed

@@ -129,8 +129,13 @@ SKIP_ROWS = [  # (row, the reason it is skipped for)
     ({"messages": "hello"}, "bad messages"),
     ({"messages": [user("q"), {"role": "assistant"}]}, "bad messages"),
     ({"messages": [user("q"), user("again")]}, "bad messages"),  # no assistant message
+    ('{"prompt": "p", "response": "r", "prompt": "q"}', "duplicate key"),
+    ('{"prompt": "\\ud800", "response": "r"}', "invalid text"),
 ]
 GOOD_ROWS = [{"prompt": "p", "response": "r"}, {"text": "t"}]
+# a parser crash (any exception) on one row; no SFT row triggers one today (test_data_row_faults.py
+# checks the path with a crashing parser)
+UNTRIGGERED_REASONS = {"unreadable row"}
 
 
 def test_every_sft_skip_reason_is_counted_exactly(tmp_path):
@@ -138,7 +143,7 @@ def test_every_sft_skip_reason_is_counted_exactly(tmp_path):
     path = write_jsonl(tmp_path / "mixed.jsonl", lines)
     examples, report = load_sft_data(path, tokenizer=char_tokenizer(chat_template=BAD_CHAT))
     expected = collections.Counter(reason for _, reason in SKIP_ROWS)
-    assert set(expected) == set(SFT_SKIP_REASONS)  # the file exercises every reason
+    assert set(expected) | UNTRIGGERED_REASONS == set(SFT_SKIP_REASONS)  # the file exercises every reason
     assert report.skipped == expected
     assert (report.total, report.kept) == (len(SKIP_ROWS) + 2, 2)
     assert as_tuples(examples) == [("p", "r", 9), ("", "t", 10)]

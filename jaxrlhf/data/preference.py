@@ -44,6 +44,9 @@ SKIP_REASONS = (
     "invalid JSON", "not an object", "unknown format", "missing prompt", "empty prompt",
     "bad prompt type", "fewer than 2 responses", "score count mismatch", "non-numeric score",
     "empty response", "all scores tied", "bad response type", "chat template mismatch",
+    # what json.loads and the parsers would otherwise let through or crash on
+    "duplicate key", "invalid text", "unreadable row", "chosen equals rejected", "conflicting scores",
+    "pair and ranked fields",
 )
 
 _RESPONSE_KEYS = ("response", "responses")
@@ -111,6 +114,60 @@ class _Bad(Exception):
 # --------------------------------------------------------------------------- reading files
 
 
+class _KeysTwice(dict):
+    """A JSON object that names a key twice (json.loads would silently keep the last value)."""
+
+    duplicate: str = ""
+
+
+def _object(pairs: list[tuple[str, Any]]) -> dict:
+    """``object_pairs_hook``: a dict, or a ``_KeysTwice`` that clean_rows skips."""
+    obj = dict(pairs)
+    if len(obj) == len(pairs):
+        return obj
+    seen: set[str] = set()
+    marked = _KeysTwice(obj)
+    marked.duplicate = next(k for k, _ in pairs if k in seen or seen.add(k))
+    return marked
+
+
+class _HugeInt(str):
+    """An integer literal of more digits than ``int()`` converts (sys.get_int_max_str_digits)."""
+
+
+def _int(text: str) -> int | _HugeInt:
+    try:
+        return int(text)
+    except ValueError:  # kept as a marker so that only its row is skipped, even inside an array
+        return _HugeInt(text)
+
+
+def _loads(text: str) -> Any:
+    return json.loads(text, object_pairs_hook=_object, parse_int=_int)
+
+
+def _check_values(value: Any, field: str = "") -> None:
+    """Raise ``_Bad`` for what json.loads lets through but no row may hold: a key named twice,
+    a huge integer, a string with a lone surrogate (the tokenizer raises TypeError on it)."""
+    if isinstance(value, dict):
+        if isinstance(value, _KeysTwice):
+            key = f"{field}.{value.duplicate}" if field else value.duplicate
+            raise _Bad("duplicate key", key, "named twice in one object; the last value would silently win")
+        for k, v in value.items():
+            _check_values(k, field)
+            _check_values(v, f"{field}.{k}" if field else str(k))
+    elif isinstance(value, (list, tuple)):
+        for i, v in enumerate(value):
+            _check_values(v, f"{field}[{i}]")
+    elif isinstance(value, _HugeInt):
+        raise _Bad("invalid JSON", field or None, f"an integer of {len(value)} digits")
+    elif isinstance(value, str):
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as e:
+            raise _Bad("invalid text", field or None, f"{e.reason} at character {e.start}") from None
+
+
 def _json_lines(lines: Iterator[bytes]) -> Iterator[tuple[int, Any]]:
     """Yield ``(line, object)`` per non-blank line, or ``(line, _Bad)`` for a line that isn't JSON."""
     for number, raw in enumerate(lines, start=1):
@@ -122,9 +179,13 @@ def _json_lines(lines: Iterator[bytes]) -> Iterator[tuple[int, Any]]:
         if not text.strip():
             continue
         try:
-            yield number, json.loads(text)
+            yield number, _loads(text)
         except json.JSONDecodeError as e:
             yield number, _Bad("invalid JSON", None, f"{e.msg} at column {e.colno}")
+        except RecursionError:
+            yield number, _Bad("invalid JSON", None, "nested too deeply")
+        except ValueError as e:  # e.g. an integer of more than sys.get_int_max_str_digits() digits
+            yield number, _Bad("invalid JSON", None, str(e).split(";")[0])
 
 
 def _read_jsonl(path: str) -> Iterator[tuple[int, Any]]:
@@ -136,7 +197,7 @@ def _read_json(path: str) -> Iterator[tuple[int, Any]]:
     data = Path(path).read_bytes()
     try:
         text = data.decode("utf-8-sig")
-        whole = json.loads(text)
+        whole = _loads(text)
     except UnicodeDecodeError:
         whole = None  # the line-by-line reader reports which line is not UTF-8
     except json.JSONDecodeError as e:
@@ -145,6 +206,11 @@ def _read_json(path: str) -> Iterator[tuple[int, Any]]:
         if text.lstrip().startswith("[") and not e.msg.startswith("Extra data"):
             raise DataError(f"{path}:{e.lineno}: invalid JSON array: {e.msg} at column {e.colno}") from None
         whole = None
+    except (RecursionError, ValueError) as e:  # nesting or an integer past Python's limits
+        detail = "nested too deeply" if isinstance(e, RecursionError) else str(e).split(";")[0]
+        if text.lstrip().startswith("["):  # an array's elements cannot be told apart: no partial skip
+            raise DataError(f"{path}: unreadable JSON array: {detail}") from None
+        whole = None  # JSONL content: the line reader skips the offending line
     if whole is None:
         yield from _json_lines(iter(data.split(b"\n")))
     elif isinstance(whole, list):
@@ -239,6 +305,18 @@ def _scores(value: Any, count: int, field: str) -> tuple[float, ...]:
     if len(set(value)) == 1:
         raise _Bad("all scores tied", field, "no pair to learn from")
     return tuple(float(s) for s in value)
+
+
+def _no_conflicting_scores(parsed: Parsed, field: str) -> Parsed:
+    """A ranked row that gives the same answer two different scores contradicts itself."""
+    _, responses, scores = parsed
+    first: dict[str, int] = {}
+    for i, (text, score) in enumerate(zip(responses, scores)):
+        j = first.setdefault(text, i)
+        if scores[j] != score:
+            raise _Bad("conflicting scores", f"{field}[{i}]",
+                       f"the same answer as {field}[{j}] with score {score:g} instead of {scores[j]:g}")
+    return parsed
 
 
 def _first_present(row: dict, keys: tuple[str, ...]) -> str:
@@ -402,12 +480,20 @@ def _parse_row(row: Any, tokenizer, where: str) -> Parsed:
     if is_unpaired_preference(row):
         raise unpaired_error(where, "a preference stage (reward model, DPO)",
                              "chosen + rejected or ranked response + score rows")
+    ranked_fields = sorted(present & {*_RESPONSE_KEYS, *_SCORE_KEYS})
     if present & {"chosen", "rejected"}:
+        if ranked_fields:  # which one the author meant is unknowable; reading one drops the other
+            raise _Bad("pair and ranked fields", ranked_fields[0],
+                       f"chosen/rejected and {'/'.join(ranked_fields)} in one row")
         if any(_is_messages(row.get(k)) for k in ("chosen", "rejected", "prompt")):
-            return _conversation(row, tokenizer, where)
-        return _pair(row)
-    if present & {*_RESPONSE_KEYS, *_SCORE_KEYS}:
-        return _ranked(row)
+            parsed = _conversation(row, tokenizer, where)
+        else:
+            parsed = _pair(row)
+        if parsed[1][0] == parsed[1][1]:
+            raise _Bad("chosen equals rejected", "rejected", "no preference to learn from")
+        return parsed
+    if ranked_fields:
+        return _no_conflicting_scores(_ranked(row), _first_present(row, _RESPONSE_KEYS))
     if "prompt" in present:
         raise _Bad("fewer than 2 responses", "response", "no 'response', 'chosen' or 'rejected' field")
     raise _Bad("unknown format", None, f"keys {sorted(map(str, row))[:8]}; expected prompt + response + "
@@ -415,6 +501,11 @@ def _parse_row(row: Any, tokenizer, where: str) -> Parsed:
 
 
 # --------------------------------------------------------------------------- entry point
+
+
+def _one_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
 
 
 def clean_rows(paths: str | os.PathLike | list, parse: Callable[[Any, str, int], T], *, strict: bool,
@@ -438,8 +529,12 @@ def clean_rows(paths: str | os.PathLike | list, parse: Callable[[Any, str, int],
             try:
                 if isinstance(row, _Bad):
                     raise row  # the reader's "invalid JSON"
+                _check_values(row)
                 example = parse(row, path, line)
-            except _Bad as bad:
+            except DataError:
+                raise  # not about this row alone (e.g. no tokenizer for conversational rows)
+            except Exception as e:  # whatever one row raises (RecursionError, a tokenizer's TypeError...)
+                bad = e if isinstance(e, _Bad) else _Bad("unreadable row", None, _one_line(e))
                 if strict:
                     raise DataError(bad.message(f"{path}:{line}")) from None
                 part.skipped[bad.reason] += 1

@@ -35,6 +35,7 @@ from jaxrlhf.data.tokenize import layout_sequences
 SFT_SKIP_REASONS = (
     "invalid JSON", "not an object", "unknown format", "missing prompt", "empty prompt",
     "bad prompt type", "empty response", "bad response type", "chat template mismatch", "bad messages",
+    "duplicate key", "invalid text", "unreadable row",  # found by clean_rows for every kind of data
 )
 
 _RESPONSE_KEYS = ("response", "completion")
