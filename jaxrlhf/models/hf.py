@@ -200,6 +200,13 @@ class SafetensorsFolder:
                 weight_map = json.loads(index.read_text())["weight_map"]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
                 raise CheckpointError(f"{index}: not a safetensors index ({e})") from None
+            # shards are names inside the folder; checked lexically (not resolved), because the
+            # HF cache links snapshot files to blobs elsewhere
+            for name in weight_map.values() if isinstance(weight_map, dict) else ():
+                if (not isinstance(name, str) or os.path.isabs(name)
+                        or os.path.normpath(name).split(os.sep)[0] == os.pardir):
+                    raise CheckpointError(f"{index}: shard {name!r} lies outside {self.folder}; "
+                                          "an index may only name files in its own folder")
             files = sorted(set(weight_map.values()))
         elif single.exists():
             files = [single.name]
