@@ -231,21 +231,36 @@ def run_stage(name: str, args) -> int:
 
 def _resolve_files(cfg, config_file):
     """Data, model and tokenizer paths in a config are relative to the working directory,
-    or else to the config file's folder."""
+    or else to the config file's folder. A name that is neither and looks like a Hugging Face
+    id resolves through the local HF cache, or the hub when online (jaxrlhf/hub.py): models
+    (``org/name``) to their snapshot folder, datasets (``org/name`` or ``org/name:split``;
+    split train, test for eval_files) to the split's data files."""
     import dataclasses
 
     from jaxrlhf.config import resolve_path
+    from jaxrlhf.hub import resolve_data_files, resolve_model_path, split_of
+
     fix = lambda p: str(resolve_path(p, config_file)) if p else p
-    files = {k: tuple(map(fix, getattr(cfg.data, k))) for k in ("train_files", "eval_files", "prompt_files")
+    fix_model = lambda p: str(resolve_model_path(fix(p))) if p else p
+
+    def fix_data(key: str, names) -> tuple[str, ...]:
+        default_split = "test" if key == "eval_files" else "train"
+        files = []
+        for name in names:
+            local = fix(name)
+            files += [local] if Path(local).exists() else resolve_data_files(*split_of(name, default_split))
+        return tuple(files)
+
+    files = {k: fix_data(k, getattr(cfg.data, k)) for k in ("train_files", "eval_files", "prompt_files")
              if hasattr(cfg.data, k)}
     data = dataclasses.replace(cfg.data, **files)
-    model = dataclasses.replace(cfg.model, path=fix(cfg.model.path), arch=fix(cfg.model.arch))
-    cfg = dataclasses.replace(cfg, data=data, model=model, tokenizer=fix(cfg.tokenizer))
+    model = dataclasses.replace(cfg.model, path=fix_model(cfg.model.path), arch=fix(cfg.model.arch))
+    cfg = dataclasses.replace(cfg, data=data, model=model, tokenizer=fix_model(cfg.tokenizer))
     for key in ("reference_path", "critic_path"):
         if getattr(cfg, key, None):
-            cfg = dataclasses.replace(cfg, **{key: fix(getattr(cfg, key))})
+            cfg = dataclasses.replace(cfg, **{key: fix_model(getattr(cfg, key))})
     if getattr(cfg, "rewards", None):
-        cfg = dataclasses.replace(cfg, rewards=tuple(dataclasses.replace(r, path=fix(r.path))
+        cfg = dataclasses.replace(cfg, rewards=tuple(dataclasses.replace(r, path=fix_model(r.path))
                                                      for r in cfg.rewards))
     return cfg
 
@@ -462,12 +477,15 @@ def add_config(sub) -> None:
 def run_config(args) -> int:
     import importlib
 
-    from jaxrlhf.config_doc import config_keys, format_keys
+    from jaxrlhf.config_doc import config_keys, format_keys, with_preset
 
-    module_name, config_name = STAGES[args.stage][:2]
-    cls = getattr(importlib.import_module(module_name), config_name)
-    print(format_keys(config_keys(cls), f"# jaxrlhf {args.stage} --config FILE: every key (--set KEY=VALUE), "
-                                        f"its default and what it does ({module_name}.{config_name})"))
+    info = STAGES[args.stage]
+    module_name, config_name = info[:2]
+    rows = config_keys(getattr(importlib.import_module(module_name), config_name))
+    if hasattr(info, "defaults"):  # a preset stage (grpo, rloo...): its defaults, not the dataclass's
+        rows = with_preset(rows, info.defaults())
+    print(format_keys(rows, f"# jaxrlhf {args.stage} --config FILE: every key (--set KEY=VALUE), "
+                            f"its default and what it does ({module_name}.{config_name})"))
     return 0
 
 

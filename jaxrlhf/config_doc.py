@@ -179,6 +179,22 @@ def config_keys(cls: type, prefix: str = "", defaults: Any = None) -> list[KeyDo
     return rows
 
 
+def with_preset(rows: list[KeyDoc], preset: dict, prefix: str = "") -> list[KeyDoc]:
+    """``rows`` with the defaults a stage preset sets (nested dict of YAML keys, e.g. the RL
+    stages' ``{"algorithm": {"advantage": "grpo"}}``) in place of the dataclass defaults."""
+    flat = {}
+
+    def walk(d: dict, at: str):
+        for k, v in d.items():
+            if isinstance(v, dict) and v:
+                walk(v, f"{at}{k}.")
+            else:
+                flat[at + k] = v
+
+    walk(preset, prefix)
+    return [dataclasses.replace(r, default=_yaml(flat[r.key])) if r.key in flat else r for r in rows]
+
+
 def format_keys(rows: list[KeyDoc], title: str) -> str:
     """Aligned ``key  default  # description`` lines under ``title``; sections without a value."""
     width = max(len(r.key) for r in rows)
