@@ -6,10 +6,10 @@ import json
 
 import pytest
 
-from char_tokenizers import CHAT, char_tokenizer
+from char_tokenizers import BOS, CHAT, char_tokenizer
 from jaxrlhf.data import DataError, load_preference_data, load_sft_data
 from jaxrlhf.data.formats import load_unpaired_preference, row_format
-from jaxrlhf.data.prompts import load_prompts
+from jaxrlhf.data.prompts import load_prompts, tokenize_prompts
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +58,13 @@ def test_prompt_only_rows_standard_and_conversational(tmp_path, tok):
              "conversational prompt-completion"]
     path = write_jsonl(tmp_path / "prompts.jsonl", [ROWS[n] for n in names])
     examples, report = load_prompts(path, tokenizer=tok, strict=True)
+    # the template's BOS string is dropped: the tokenizer adds BOS, as for SFT's messages rows
     assert [e.prompt for e in examples] == [
-        "the sky is", "<s><user>what color is the sky?<assistant>",
-        "the sky is", "<s><user>what color is the sky?<assistant>"]
+        "the sky is", "<user>what color is the sky?<assistant>",
+        "the sky is", "<user>what color is the sky?<assistant>"]
     assert report.kept == 4
+    arrays = tokenize_prompts(examples, tok, max_length=48)
+    assert (arrays.input_ids == BOS).sum(axis=1).tolist() == [1, 1, 1, 1]  # one BOS per prompt, not two
 
 
 def test_sft_prompt_completion_standard_and_conversational(tmp_path, tok):

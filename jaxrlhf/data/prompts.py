@@ -13,7 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxrlhf.data.preference import CleanReport, _Bad, _is_messages, _messages, _prompt_text, _type, clean_rows
+from jaxrlhf.data.preference import (CleanReport, _Bad, _adds_bos, _is_messages, _messages, _prompt_text, _type,
+                                     clean_rows)
 from jaxrlhf.data.tokenize import pad_id_of
 
 
@@ -35,7 +36,18 @@ def _render_messages(row: dict, tokenizer, field: str = "messages") -> str:
         raise _Bad("empty prompt", field)
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
         raise _Bad("chat template mismatch", field, "message rows need a tokenizer with a chat template")
-    return tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    import jinja2
+
+    try:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+    except (jinja2.TemplateError, ValueError) as e:  # templates raise on roles they reject
+        raise _Bad("chat template mismatch", field, f"the chat template failed: {e}") from None
+    # tokenize_prompts adds the tokenizer's BOS: a template that writes it too would give two.
+    # SFT and preference rows drop it the same way, so rollouts see the prompts SFT trained on.
+    bos = getattr(tokenizer, "bos_token", None)
+    if bos and text.startswith(bos) and _adds_bos(tokenizer):
+        text = text[len(bos):]
+    return text
 
 
 def load_prompts(paths: str | os.PathLike | list, *, tokenizer=None,
