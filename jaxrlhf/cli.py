@@ -168,44 +168,16 @@ def run_inspect(args) -> int:
 
 # --------------------------------------------------------------------------- training stages
 
-STAGES = {
-    # name: (module, config class, run function, help, description, metric names for the summary)
-    "sft": ("jaxrlhf.stages.sft", "SFTConfig", "run_sft",
-            "supervised fine-tuning (loss on response tokens only)",
-            "Fine-tune a causal LM on prompt/response, chat (messages) or plain-text data; the loss "
-            "covers response tokens only, averaged exactly over the batch. Optional packing. Writes "
-            "checkpoints, TensorBoard scalars, results.json and final/ (a transformers folder).",
-            ("loss", "perplexity")),
-    "rm": ("jaxrlhf.stages.rm", "RMConfig", "run_rm",
-           "train a reward model on ranked answers (K-wise ranking loss)",
-           "Train a reward model (the LM with a scalar head) on prompts with K ranked answers: one "
-           "forward per answer, all C(K,2) ordered pairs from the [B, K] reward matrix. Writes "
-           "checkpoints, TensorBoard scalars, results.json and final/ (a transformers "
-           "*ForSequenceClassification folder).",
-           ("loss", "pair_accuracy", "top1_accuracy")),
-    "dpo": ("jaxrlhf.stages.dpo", "DPOConfig", "run_dpo",
-            "direct preference optimisation against a frozen reference",
-            "Train a policy with DPO (sigmoid, ipo or hinge loss) on pairs or ranked lists turned "
-            "into pairs, against a frozen reference (default: the starting policy). Writes "
-            "checkpoints, TensorBoard scalars, results.json and final/ (a transformers folder).",
-            ("loss", "reward_accuracy", "margin")),
-    "ppo": ("jaxrlhf.stages.ppo", "PPOConfig", "run_ppo",
-            "RLHF with PPO against a reward model and/or rule rewards",
-            "Train a policy (from an SFT model) with PPO: KV-cache rollouts, scores from a learned "
-            "reward model and/or registered rules, per-token KL penalty to the frozen reference "
-            "(fixed or adaptive), GAE, clipped policy and value updates. Writes checkpoints, "
-            "TensorBoard scalars, PNG curves, results.json, final/ (the policy) and critic/.",
-            ("score", "kl", "response_length")),
-}
+from jaxrlhf.stages.registry import STAGES  # noqa: E402  (name -> StageInfo; light: imports no stage)
 
 
 def _stage_adder(name: str):
-    _, _, _, help_, description, _ = STAGES[name]
+    info = STAGES[name]
 
     def add(sub) -> None:
-        p = sub.add_parser(name, help=help_, description=description,
-                           epilog=f"example: jaxrlhf {name} --config configs/{name}/example.yaml "
-                                  "--set train.epochs=2")
+        example = f"configs/{name}/example.yaml" if info.preset in (None, "ppo") else "configs/ppo/example.yaml"
+        p = sub.add_parser(name, help=info.help, description=info.description,
+                           epilog=f"example: jaxrlhf {name} --config {example}; every key: jaxrlhf config show {name}")
         _add_config_args(p)
         p.add_argument("--resume", action="store_true",
                        help="continue from the latest complete checkpoint in output_dir")
@@ -213,18 +185,29 @@ def _stage_adder(name: str):
     return add
 
 
+def load_stage_config(name: str, config_file, overrides):
+    """A stage's config: its preset's defaults, refined by the YAML file, then by --set."""
+    from jaxrlhf.config import apply_overrides, from_dict, read_yaml
+
+    info = STAGES[name]
+    data = _merge(info.defaults(), read_yaml(config_file) if config_file else {})
+    source = (str(config_file) if config_file else "defaults") + (" + --set" if overrides else "")
+    return from_dict(info.config_type(), apply_overrides(data, list(overrides)), source)
+
+
+def _merge(base: dict, extra: dict) -> dict:
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def run_stage(name: str, args) -> int:
-    import importlib
-
-    from jaxrlhf.config import load_config
-
-    module_name, config_name, run_name, _, _, metrics = STAGES[name]
-    module = importlib.import_module(module_name)
-    cfg = _resolve_files(load_config(getattr(module, config_name), args.config, args.overrides),
-                         args.config)
-    results = getattr(module, run_name)(cfg, resume=args.resume)
+    info = STAGES[name]
+    cfg = _resolve_files(load_stage_config(name, args.config, args.overrides), args.config)
+    results = info.run(cfg, resume=args.resume)
     ev = results.get("eval") or {}
-    summary = ", ".join(f"{k} {ev[k]:.4f}" for k in metrics if k in ev)
+    summary = ", ".join(f"{k} {ev[k]:.4f}" for k in info.summary if k in ev)
     print(f"{name}: {results['steps']} steps; eval {summary or 'n/a'}; saved to {results['final_model']}")
     return 0
 
@@ -272,13 +255,16 @@ def add_export(sub) -> None:
     p = sub.add_parser(
         "export", help="write a training run's model as a transformers folder",
         description="Export a run's checkpoint (default: the latest complete one) as a Hugging "
-                    "Face folder: a policy (sft, dpo) as *ForCausalLM, a reward model as "
-                    "*ForSequenceClassification (num_labels=1).")
+                    "Face folder: a policy (sft, dpo, ppo and the other RL stages: the exported weights, "
+                    "the moving average when averaging was on) as *ForCausalLM, a reward model or an RL "
+                    "run's critic (--role critic) as *ForSequenceClassification (num_labels=1).")
     p.add_argument("run_dir", metavar="RUN_DIR", help="the output_dir of a training run")
     p.add_argument("--out", required=True, metavar="DIR", help="folder to write")
     p.add_argument("--step", type=int, help="checkpoint step (default: latest)")
     p.add_argument("--dtype", choices=["float32", "bfloat16", "float16"],
                    help="convert weights on export (default: as trained)")
+    p.add_argument("--role", choices=["policy", "critic"], default="policy",
+                   help="an RL run's policy (default) or its critic")
     p.add_argument("--overwrite", action="store_true",
                    help="write --out even if it is a folder jaxrlhf did not write or lies in an input model folder")
     p.set_defaults(run=run_export)
@@ -304,7 +290,7 @@ def run_export(args) -> int:
     out.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.export-", dir=out.parent))
     try:
-        export_run(run_dir, staging, step=args.step, dtype=args.dtype)
+        export_run(run_dir, staging, step=args.step, dtype=args.dtype, role=args.role)
         replace_folder(staging, out, command="export", run=str(run_dir), step=args.step)
     finally:
         if staging.exists():
@@ -457,8 +443,6 @@ def _fmt_bytes(n: float) -> str:
     return f"{n}"
 
 
-from jaxrlhf.cli_tasks import add_data, add_demo, add_eval  # noqa: E402
-
 # --------------------------------------------------------------------------- config
 
 
@@ -489,9 +473,20 @@ def run_config(args) -> int:
     return 0
 
 
-COMMANDS = (_stage_adder("sft"), _stage_adder("rm"), _stage_adder("dpo"), _stage_adder("ppo"), add_demo,
-            add_data, add_eval, add_generate, add_export, add_plan,
-            add_init_model, add_inspect, add_config)
+COMMANDS = (*(_stage_adder(name) for name in STAGES), add_generate, add_export, add_plan, add_init_model,
+            add_inspect, add_config)
+
+
+def task_commands():
+    """The subcommand adders of installed tasks: the ``jaxrlhf.tasks`` entry-point group (each entry
+    a module with ``COMMANDS``, a tuple of ``add(subparsers)`` functions). The library never imports
+    a task itself; a task plugs in here."""
+    from importlib.metadata import entry_points
+
+    adders = []
+    for entry in sorted(entry_points(group="jaxrlhf.tasks"), key=lambda e: e.name):
+        adders.extend(entry.load().COMMANDS)
+    return adders
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -509,7 +504,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--distributed", action="store_true",
                         help="multi-host with JAX's own detection (TPU pods, Slurm)")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for add in COMMANDS:
+    for add in (*COMMANDS, *task_commands()):
         add(sub)
     return parser
 

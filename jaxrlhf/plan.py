@@ -87,22 +87,29 @@ def plan_rm_step(arch, mesh, *, batch: int, k: int, seq: int, dtype="bfloat16", 
 
 def plan_ppo_iteration(arch, mesh, *, batch: int, prompt: int, new_tokens: int, dtype="bfloat16",
                        param_dtype="float32", remat: bool = True) -> MemoryPlan:
-    """Scoring + PPO update in one program: actor and critic trained (with optimizer state),
-    reference and reward model frozen, all resident."""
+    """Scoring + PPO update in one program, with the learner's own pure functions
+    (``make_experience``, ``update_policy``) and a default algorithm (GAE with a
+    critic, 2 epochs x 2 minibatches, EMA of the actor): actor and critic trained (with optimizer
+    state), reference and reward model frozen, all resident."""
+    from jaxrlhf.algorithms import AlgorithmConfig, AveragingConfig
     from jaxrlhf.steps.common import OptimConfig, init_train_state, make_optimizer, train_state_shardings
-    from jaxrlhf.steps.ppo import PPOHyper, PPOState, make_rollout, ppo_update
+    from jaxrlhf.steps.rl import RLState, make_experience, update_policy
 
     (pol_g, pol_p, pol_b), (rm_g, rm_p, rm_b) = _abstract_models(arch, mesh, dtype, param_dtype, remat)
     tx = make_optimizer(OptimConfig(), 1000)
     replicated = NamedSharding(mesh, P())
     actor = jax.eval_shape(lambda: init_train_state(pol_p, pol_b, tx, 0))
     critic = jax.eval_shape(lambda: init_train_state(rm_p, rm_b, tx, 1))
-    state = PPOState(iteration=jax.ShapeDtypeStruct((), jnp.int32), actor=actor, critic=critic,
-                     kl_coef=jax.ShapeDtypeStruct((), jnp.float32),
-                     rng=jax.ShapeDtypeStruct((2,), jnp.uint32))
-    state_sh = PPOState(iteration=replicated, actor=train_state_shardings(actor, mesh, tx),
-                        critic=train_state_shardings(critic, mesh, tx), kl_coef=replicated, rng=replicated)
-    hyper = PPOHyper(minibatches=2, epochs=2)
+    actor_sh = train_state_shardings(actor, mesh, tx)
+    ema = jax.tree.map(lambda p: jax.ShapeDtypeStruct(p.shape, jnp.float32), actor.params)
+    state = RLState(iteration=jax.ShapeDtypeStruct((), jnp.int32), actor=actor, critic=critic,
+                    kl_coef=jax.ShapeDtypeStruct((), jnp.float32),
+                    rng=jax.ShapeDtypeStruct((2,), jnp.uint32), ema=ema)
+    state_sh = RLState(iteration=replicated, actor=actor_sh,
+                       critic=train_state_shardings(critic, mesh, tx), kl_coef=replicated, rng=replicated,
+                       ema=actor_sh.params)
+    algo = AlgorithmConfig(minibatches=2, epochs=2, averaging=AveragingConfig(kind="ema"))
+    static = dict(actor_graphdef=pol_g, critic_graphdef=rm_g, prompt_len=prompt, temperature=1.0, algo=algo)
     total = prompt + new_tokens
     row = NamedSharding(mesh, P(("data", "fsdp")))
     ids = jax.ShapeDtypeStruct((batch, total), jnp.int32, sharding=row)
@@ -111,11 +118,9 @@ def plan_ppo_iteration(arch, mesh, *, batch: int, prompt: int, new_tokens: int, 
 
     def iteration(state, reference, reward_model, input_ids, attention_mask, response_mask, finished):
         scores = nnx.merge(rm_g, *reward_model)(input_ids, attention_mask)
-        rollout, _ = make_rollout(state, reference, input_ids, attention_mask, response_mask, scores,
-                                  finished, actor_graphdef=pol_g, critic_graphdef=rm_g,
-                                  prompt_len=prompt, hyper=hyper)
-        return ppo_update(state, rollout, actor_graphdef=pol_g, critic_graphdef=rm_g, actor_tx=tx,
-                          critic_tx=tx, prompt_len=prompt, hyper=hyper)
+        experience, _ = make_experience(state, reference, input_ids, attention_mask, response_mask, scores,
+                                        finished, group_size=1, **static)
+        return update_policy(state, experience, actor_tx=tx, critic_tx=tx, **static)
 
     step = jax.jit(iteration, out_shardings=(state_sh, None), donate_argnums=0)
     arguments = (_abstract(state, state_sh), (pol_p, pol_b), (rm_p, rm_b), ids, ids, resp, finished)

@@ -1,38 +1,60 @@
-"""Reward sources for RL: a learned reward model, registered rule functions, or a weighted sum.
+"""Reward sources for RL: a learned reward model, user rule functions, or a weighted sum.
 
-A rule is a Python function ``rule(batch: TextBatch, **kwargs) -> np.ndarray [B]`` registered
-by name; it sees the decoded prompts and responses, the response tokens and the rows'
-metadata (e.g. a length limit). A learned reward model scores the very token ids the
-policy produced (no decode/re-tokenise round trip), so it must share the policy's vocabulary.
+A rule is a Python function ``rule(batch: TextBatch, **kwargs) -> array [B]`` named in the
+config as ``package.module:function`` (``{kind: rule, function: mypkg.rewards:brevity}``); it
+sees the decoded prompts and responses, the response tokens and the rows' metadata (e.g. a
+length limit). It is imported only because the user named it in their own config. A learned
+reward model scores the very token ids the policy produced (no decode/re-tokenise round
+trip), so it must share the policy's vocabulary.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import importlib
 from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 
-RULES: dict[str, Callable[..., np.ndarray]] = {}
+from jaxrlhf.config import ConfigError
 
 
-def register_rule(name: str):
-    """Decorator: make a rule reward available as ``{kind: rule, name: NAME}`` in configs."""
-    def register(fn):
-        if name in RULES and RULES[name] is not fn:
-            raise ValueError(f"rule reward {name!r} is already registered")
-        RULES[name] = fn
-        return fn
-    return register
+def load_rule(spec: str) -> Callable[..., np.ndarray]:
+    """The function ``package.module:function`` names; a one-line ConfigError if it is missing."""
+    module_name, sep, attr = spec.partition(":")
+    if not sep or not module_name or not attr:
+        raise ConfigError(f"rule reward {spec!r}: write it as package.module:function")
+    try:
+        module = importlib.import_module(module_name)
+    except ImportError as e:
+        raise ConfigError(f"rule reward {spec!r}: cannot import module {module_name!r} ({e})") from None
+    fn = module
+    for part in attr.split("."):
+        fn = getattr(fn, part, None)
+        if fn is None:
+            raise ConfigError(f"rule reward {spec!r}: module {module_name!r} has no {attr!r}")
+    if not callable(fn):
+        raise ConfigError(f"rule reward {spec!r}: {attr!r} is not a function")
+    return fn
 
 
-def get_rule(name: str) -> Callable[..., np.ndarray]:
-    if name not in RULES:
-        import jaxrlhf.tasks  # noqa: F401  (tasks register their rules on import)
-    if name not in RULES:
-        raise KeyError(f"unknown rule reward {name!r} (registered: {', '.join(sorted(RULES)) or 'none'})")
-    return RULES[name]
+def resolve_rules(sources) -> dict[str, Callable[..., np.ndarray]]:
+    """Import every rule the sources name (before any model loads, so a typo costs nothing)."""
+    return {s.function: load_rule(s.function) for s in sources if s.kind == "rule"}
+
+
+def check_rule_scores(spec: str, scores, batch_size: int) -> np.ndarray:
+    """A rule's return value as float32 [B]; a wrong type or shape is a one-line ConfigError.
+    Non-finite values are passed on: the learner skips that update and counts it."""
+    try:
+        array = np.asarray(scores, dtype=np.float32)
+    except (TypeError, ValueError) as e:
+        raise ConfigError(f"rule reward {spec}: returned {type(scores).__name__}, not numbers ({e})") from None
+    if array.shape != (batch_size,):
+        raise ConfigError(f"rule reward {spec}: returned shape {list(array.shape)}, expected [{batch_size}] "
+                          "(one score per answer)")
+    return array
 
 
 @dataclasses.dataclass
@@ -47,9 +69,9 @@ class TextBatch:
 
 @dataclasses.dataclass(frozen=True)
 class RewardSource:
-    kind: str = "model"  # model (a learned reward model folder) | rule (a registered function)
+    kind: str = "model"  # model (a learned reward model folder) | rule (a Python function)
     path: str | None = None  # kind=model: a *ForSequenceClassification folder (our rm export)
-    name: str | None = None  # kind=rule: the registered name
+    function: str | None = None  # kind=rule: package.module:function
     weight: float = 1.0
     normalize: bool = True  # kind=model: apply the RM's stored gain/bias (eval mean 0, std 1)
     include_eos: bool = True  # kind=model: score with the EOS token, as an RM trained with data.append_eos
@@ -63,8 +85,8 @@ class RewardSource:
             raise ValueError(f"kind must be model or rule, got {self.kind!r}")
         if self.kind == "model" and not self.path:
             raise ValueError("a model reward needs path: a reward-model folder")
-        if self.kind == "rule" and not self.name:
-            raise ValueError("a rule reward needs name: a registered rule")
+        if self.kind == "rule" and not self.function:
+            raise ValueError("a rule reward needs function: package.module:function")
         if self.dense and self.kind != "model":
             raise ValueError("dense: true scores every answer prefix with a reward model: it needs kind: model")
         if self.dense and self.include_eos:
@@ -72,7 +94,7 @@ class RewardSource:
                              "include_eos: false (a reward model trained with data.append_eos: false)")
 
     def __hash__(self):
-        return hash((self.kind, self.path, self.name, self.weight, self.normalize, self.include_eos, self.dense,
+        return hash((self.kind, self.path, self.function, self.weight, self.normalize, self.include_eos, self.dense,
                      tuple(sorted(self.kwargs.items()))))
 
 
@@ -81,9 +103,8 @@ def combine(parts: dict[str, np.ndarray], weights: dict[str, float]) -> np.ndarr
     return sum(weights[k] * np.asarray(v, np.float32) for k, v in parts.items())
 
 
-@register_rule("target_length_tokens")
 def target_length_tokens(batch: TextBatch, target: int = 8) -> np.ndarray:
     """1 when the response is exactly ``target`` tokens then EOS, falling linearly with the
-    distance in tokens (a toy task for testing that PPO learns)."""
+    distance in tokens (a toy task for testing that RL learns): ``jaxrlhf.rewards:target_length_tokens``."""
     lengths = batch.response_mask.sum(axis=1) - batch.finished.astype(np.int64)  # tokens before EOS
     return 1.0 - np.abs(lengths - target) / target

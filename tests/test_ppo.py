@@ -51,28 +51,41 @@ def score_rollout(sources, rm, ids, mask, response_mask, finished):
     return scorer(jax.numpy.asarray(ids), jax.numpy.asarray(mask), 3, response_mask, finished, ["a", "b"], [{}, {}])
 
 
+RULE = '{kind: rule, function: "jaxrlhf.rewards:target_length_tokens", kwargs: {target: 8}}'
+
+
 def ppo_yaml(tmp_path, model, prompts, *, iterations, batch=32, minibatches=2, lr=3e-3, mesh="1, 1, 1",
-             extra=""):
+             extra="", algorithm="", name=""):
+    """An RL config on the toy rule task; ``extra``: more train keys, ``algorithm``: more algorithm keys
+    (each line indented two spaces)."""
     d, f, t = mesh.split(",")
-    path = tmp_path / f"ppo-{iterations}-{mesh.replace(', ', 'x')}.yaml"
+    path = tmp_path / f"ppo-{name}{iterations}-{mesh.replace(', ', 'x')}.yaml"
     path.write_text(f"""
 model: {{path: {model}}}
 mesh: {{data: {d}, fsdp: {f}, tensor: {t}}}
 data: {{prompt_files: [{prompts}], max_prompt_length: 12}}
 rollout: {{max_new_tokens: 16, temperature: 1.0}}
-kl: {{coef: 0.02}}
+algorithm:
+  kl: {{coef: 0.02}}
+  epochs: 4
+  minibatches: {minibatches}
+{algorithm}
 train:
   iterations: {iterations}
   batch_size: {batch}
-  epochs: 4
-  minibatches: {minibatches}
   actor_optim: {{learning_rate: {lr}, schedule: constant}}
   critic_optim: {{learning_rate: {lr}, schedule: constant}}
 {extra}
 rewards:
-  - {{kind: rule, name: target_length_tokens, kwargs: {{target: 8}}}}
+  - {RULE}
 """)
     return str(path)
+
+
+def learned(history, start_below=0.4, end_at_least=0.75):
+    start = np.mean([h["score"] for h in history[:3]])
+    end = np.mean([h["score"] for h in history[-5:]])
+    return start < start_below and end >= end_at_least, (start, end)
 
 
 def test_sampler_log_probs_equal_trainer_log_probs(setup):
@@ -133,46 +146,52 @@ def test_ppo_learns_a_rule_reward(setup, tmp_path):
     assert (tmp_path / "run" / "final" / "model.safetensors").exists()
 
 
-def test_ppo_with_several_samples_per_prompt_and_a_group_baseline_learns(setup, tmp_path):
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["grpo", "rloo", "dr_grpo"])
+def test_critic_free_algorithms_learn_the_rule_reward(setup, tmp_path, stage):
+    """The presets (group baselines, no critic) learn the toy task as PPO does."""
     model, prompts = setup
-    cfg = ppo_yaml(tmp_path, model, prompts, iterations=30,
-                   extra="  samples_per_prompt: 4\n  group_baseline: true")
-    assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) == 0
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=40, extra="  samples_per_prompt: 4", name=stage)
+    assert main([stage, "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) == 0
     history = json.loads((tmp_path / "run" / "results.json").read_text())["history"]
-    start = np.mean([h["score"] for h in history[:3]])
-    end = np.mean([h["score"] for h in history[-5:]])
-    assert start < 0.4 and end >= 0.75, (start, end)
-    # the group-centred score has mean 0 in every batch
+    ok, scores = learned(history)
+    assert ok, scores
+    assert "value_loss" not in history[-1] and not (tmp_path / "run" / "critic").exists()
+    # a group baseline makes the answers of every prompt sum to zero
     assert all(abs(h["shaped_score"]) < 1e-5 for h in history)
+    assert (tmp_path / "run" / "stage").read_text().strip() == stage
 
 
-def test_critic_free_ppo_learns_and_resumes_without_a_value_model(setup, tmp_path):
+def test_critic_free_rl_learns_and_resumes_with_a_moving_average(setup, tmp_path):
     model, prompts = setup
     # with the moving average of the weights, which is part of the checkpointed state
-    extra = "  samples_per_prompt: 4\n  group_baseline: true\n  use_critic: false\n  save_every: 10\n  ema_decay: 0.9"
-    cfg = ppo_yaml(tmp_path, model, prompts, iterations=50, extra=extra)
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=50, extra="  samples_per_prompt: 4\n  save_every: 10",
+                   algorithm="  advantage: rloo\n  averaging: {kind: ema, decay: 0.9}")
     assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) == 0
     history = json.loads((tmp_path / "run" / "results.json").read_text())["history"]
-    start = np.mean([h["score"] for h in history[:3]])
-    end = np.mean([h["score"] for h in history[-5:]])
-    assert start < 0.4 and end >= 0.75, (start, end)
+    ok, scores = learned(history)
+    assert ok, scores
     assert "value_loss" not in history[-1] and "critic_grad_norm" not in history[-1]
     assert all(abs(h["return_mean"]) < 1.0 for h in history)
     assert not (tmp_path / "run" / "critic").exists()
     assert not (tmp_path / "run" / "ppo_value_loss.png").exists()
-    # a critic-free state (critic None) checkpoints and resumes: 50 -> 55 iterations
+    # a critic-free state (critic None) checkpoints and resumes: 50 -> 55 iterations, no step logged twice
     assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}",
                  "--set", "train.iterations=55", "--resume"]) == 0
+    steps = [r["step"] for r in map(json.loads, (tmp_path / "run" / "metrics.jsonl").read_text().splitlines())
+             if r["split"] == "ppo"]
+    assert steps == list(range(1, 56))
 
 
-def test_ema_decay_exports_the_moving_average_of_the_actors_weights(setup, tmp_path):
+def test_ema_exports_the_moving_average_of_the_actors_weights(setup, tmp_path):
     """final/ = 0.25 * start + 0.25 * after one iteration + 0.5 * after two at decay 0.5; the
     average does not change training (runs of 1 and 2 iterations without it give the iterates)."""
     model, prompts = setup
-    extra = "  samples_per_prompt: 4\n  group_baseline: true\n  use_critic: false"
-    cfg = ppo_yaml(tmp_path, model, prompts, iterations=2, batch=8, extra=extra)
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=2, batch=8, extra="  samples_per_prompt: 4",
+                   algorithm="  advantage: rloo")
     weights = {}
-    for name, sets in (("one", ["train.iterations=1"]), ("two", []), ("ema", ["train.ema_decay=0.5"])):
+    for name, sets in (("one", ["train.iterations=1"]), ("two", []),
+                       ("ema", ["algorithm.averaging.kind=ema", "algorithm.averaging.decay=0.5"])):
         args = ["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / name}"]
         assert main(args + [a for s in sets for a in ("--set", s)]) == 0
         weights[name] = load_file(tmp_path / name / "final" / "model.safetensors")
@@ -185,25 +204,59 @@ def test_ema_decay_exports_the_moving_average_of_the_actors_weights(setup, tmp_p
         np.testing.assert_allclose(value, expected, atol=1e-6, err_msg=key)
         moved += not np.allclose(weights["two"][key], start[key])
     assert moved > 0  # the policy did train
+    # export rebuilds the same averaged weights from the checkpoint
+    assert main(["export", str(tmp_path / "ema"), "--out", str(tmp_path / "exported")]) == 0
+    exported = load_file(tmp_path / "exported" / "model.safetensors")
+    for key, value in weights["ema"].items():
+        np.testing.assert_array_equal(exported[key], value, err_msg=key)
 
 
-def test_critic_free_ppo_needs_the_group_baseline(setup, tmp_path):
+def test_group_estimators_need_several_samples_per_prompt(setup, tmp_path, capsys):
     model, prompts = setup
-    cfg = ppo_yaml(tmp_path, model, prompts, iterations=1, extra="  use_critic: false")
-    assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) != 0
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=1)
+    assert main(["rloo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}",
+                 "--set", "train.samples_per_prompt=1"]) == 2
+    assert "needs train.samples_per_prompt >= 2" in capsys.readouterr().err
+    assert not (tmp_path / "run").exists()
 
 
-def test_group_std_scale_needs_the_group_baseline():
-    from jaxrlhf.stages.ppo import PPOTrainConfig
+def test_nan_reward_stops_the_run_after_three_skipped_updates(setup, tmp_path, capsys):
+    """A reward function returning NaN: each update is skipped loudly, the third in a row ends the
+    run with one line (exit 2), and no checkpoint holds non-finite parameters."""
+    model, prompts = setup
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=10, batch=8, extra="  save_every: 1")
+    rewards = 'rewards=[{kind: rule, function: "rl_rewards:nan_after_two_calls"}]'
+    assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}", "--set", rewards]) == 2
+    err = capsys.readouterr().err
+    assert "3 consecutive ppo steps with a non-finite" in err and "Traceback" not in err
+    from jaxrlhf.checkpoint import Checkpointer
+    steps = Checkpointer(tmp_path / "run" / "checkpoints").all_steps()
+    assert steps and max(steps) <= 4
+    assert main(["export", str(tmp_path / "run"), "--out", str(tmp_path / "exported")]) == 0
+    for key, value in load_file(tmp_path / "exported" / "model.safetensors").items():
+        assert np.isfinite(value).all(), key
 
-    with pytest.raises(ValueError, match="needs group_baseline=true"):
-        PPOTrainConfig(samples_per_prompt=4, group_std_scale=True)
-    assert PPOTrainConfig(samples_per_prompt=4, group_baseline=True, group_std_scale=True).group_std_scale
+
+@pytest.mark.parametrize("function, message", [
+    ("no_such_module_xyz:fn", "cannot import module"),
+    ("rl_rewards:missing", "has no 'missing'"),
+    ("rl_rewards", "package.module:function"),
+    ("rl_rewards:wrong_shape", "returned shape [3], expected [8]"),
+])
+def test_bad_rule_functions_are_one_line_errors(setup, tmp_path, capsys, function, message):
+    model, prompts = setup
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=1, batch=8)
+    rewards = f'rewards=[{{kind: rule, function: "{function}"}}]'
+    assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}", "--set", rewards]) == 2
+    err = capsys.readouterr().err
+    errors = [line for line in err.splitlines() if "error" in line]
+    assert message in err and "Traceback" not in err and len(errors) == 1, err
 
 
 def test_rollout_from_sampler_log_probs_equals_recomputed(setup):
-    from jaxrlhf.steps.ppo import PPOHyper, make_rollout
-    from jaxrlhf.stages.ppo import init_ppo_state
+    from jaxrlhf.algorithms import AlgorithmConfig
+    from jaxrlhf.stages.rl import init_rl_state
+    from jaxrlhf.steps.rl import make_experience
     from jaxrlhf.sharding import MeshConfig, make_mesh
     from jaxrlhf.steps.common import OptimConfig, make_optimizer
 
@@ -216,15 +269,16 @@ def test_rollout_from_sampler_log_probs_equals_recomputed(setup):
                                     eos_id=2, pad_id=0))((params, buffers), ids, mask, jax.random.key(5))
     tx = make_optimizer(OptimConfig(learning_rate=1e-3), 1)
     mesh = make_mesh(MeshConfig(data=1, fsdp=1, tensor=1))
-    state, _ = init_ppo_state(params, buffers, None, None, tx, None, kl_coef=0.1, seed=0, mesh=mesh)
-    hyper = PPOHyper(temperature=0.8, group_size=2, group_baseline=True)
+    state, _ = init_rl_state(params, buffers, None, None, tx, None, kl_coef=0.1, seed=0, mesh=mesh)
+    algo = AlgorithmConfig(advantage="rloo")
     full = np.concatenate([ids, np.asarray(gen.tokens)], axis=1)
     full_mask = np.concatenate([mask, np.asarray(gen.mask)], axis=1)
     # the reference differs from the actor so that the KL terms are not zero
     ref_params = jax.tree.map(lambda x: x * 1.05, params)
     scores = np.array([0.2, 0.9, 0.5, 0.1], np.float32)
-    fn = functools.partial(make_rollout, state, (ref_params, buffers), full, full_mask, gen.mask, scores,
-                           gen.finished, actor_graphdef=graphdef, critic_graphdef=None, prompt_len=5, hyper=hyper)
+    fn = functools.partial(make_experience, state, (ref_params, buffers), full, full_mask, gen.mask, scores,
+                           gen.finished, actor_graphdef=graphdef, critic_graphdef=None, prompt_len=5,
+                           temperature=0.8, group_size=2, algo=algo)
     recomputed, m1 = fn(None)
     reused, m2 = fn(gen.log_probs)
     for name in ("old_log_probs", "advantages", "returns"):
@@ -237,7 +291,7 @@ def test_rollout_from_sampler_log_probs_equals_recomputed(setup):
 def test_samples_per_prompt_must_divide_the_batch(setup, tmp_path):
     model, prompts = setup
     cfg = ppo_yaml(tmp_path, model, prompts, iterations=1, batch=30, minibatches=2,
-                   extra="  samples_per_prompt: 4")
+                   extra="  samples_per_prompt: 4")  # 30 answers are not 7.5 prompts x 4
     assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) != 0
 
 
@@ -325,7 +379,7 @@ def test_dense_reward_model_scores_every_answer_prefix(random_rm):
     ids = np.array([[0, 20, 21, 5, 6, 2, 0], [22, 23, 24, 7, 8, 9, 10]], np.int32)  # prompt 3 + response 4
     mask = (ids != 0).astype(np.int32)
     response_mask, finished = mask[:, 3:], np.array([True, False])  # row 1 ran out without EOS
-    rule = RewardSource(kind="rule", name="target_length_tokens", kwargs={"target": 2}, weight=0.5)
+    rule = RewardSource(kind="rule", function="jaxrlhf.rewards:target_length_tokens", kwargs={"target": 2}, weight=0.5)
     scored, plain = (score_rollout([RewardSource(kind="model", path=str(folder), normalize=False, include_eos=False,
                                                  dense=dense, weight=2.0), rule], rm, ids, mask, response_mask, finished)
                      for dense in (True, False))
@@ -347,7 +401,7 @@ def test_dense_reward_needs_a_reward_model_read_without_eos():
     with pytest.raises(ValueError, match="include_eos: false"):
         RewardSource(kind="model", path="rm", dense=True)
     with pytest.raises(ValueError, match="kind: model"):
-        RewardSource(kind="rule", name="length_control", dense=True)
+        RewardSource(kind="rule", function="jaxrlhf.rewards:target_length_tokens", dense=True)
 
 
 def test_ppo_with_a_dense_reward_model_logs_the_same_sequence_scores(setup, random_rm, tmp_path):
@@ -355,7 +409,8 @@ def test_ppo_with_a_dense_reward_model_logs_the_same_sequence_scores(setup, rand
     and log the same sequence scores; only the per-token credit, hence the update, differs."""
     model, prompts = setup
     folder, _ = random_rm
-    cfg = ppo_yaml(tmp_path, model, prompts, iterations=2, extra="  samples_per_prompt: 4\n  group_baseline: true")
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=2, extra="  samples_per_prompt: 4",
+                   algorithm="  advantage: rloo")
     histories = {}
     for dense in ("false", "true"):
         out = tmp_path / f"run-{dense}"
@@ -373,13 +428,12 @@ def test_ppo_with_a_dense_reward_model_logs_the_same_sequence_scores(setup, rand
 
 def test_ppo_trains_on_each_prompts_best_and_worst_samples(setup, tmp_path):
     model, prompts = setup
-    extra = "  samples_per_prompt: 8\n  keep_per_prompt: 4\n  group_baseline: true"
-    cfg = ppo_yaml(tmp_path, model, prompts, iterations=30, batch=64, extra=extra)
+    cfg = ppo_yaml(tmp_path, model, prompts, iterations=30, batch=64, extra="  samples_per_prompt: 8",
+                   algorithm="  advantage: rloo\n  selection: {kind: max_variance, keep: 4}")
     assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) == 0
     history = json.loads((tmp_path / "run" / "results.json").read_text())["history"]
-    start = np.mean([h["score"] for h in history[:3]])
-    end = np.mean([h["score"] for h in history[-5:]])
-    assert start < 0.4 and end >= 0.75, (start, end)
+    ok, scores = learned(history)
+    assert ok, scores
     # the kept half is centred on its own mean; the score is logged over all 64 samples
     assert all(abs(h["shaped_score"]) < 1e-5 for h in history)
     assert all("trained_score" in h for h in history)

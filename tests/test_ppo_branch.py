@@ -15,9 +15,9 @@ from jaxrlhf.cli import main
 from jaxrlhf.generate import SamplingConfig, generate
 from jaxrlhf.losses import token_log_probs
 from jaxrlhf.models import from_pretrained
-from jaxrlhf.stages.ppo import PPOTrainConfig
+from jaxrlhf.algorithms import AlgorithmConfig, token_rewards
+from jaxrlhf.stages.rl import RLTrainConfig as PPOTrainConfig
 from jaxrlhf.stages.ppo_branch import branch_points, branch_prompts, join_branches
-from jaxrlhf.steps.ppo import PPOHyper, shape_rewards
 
 PAD = 0
 
@@ -57,8 +57,8 @@ def test_join_branches_lays_out_prefix_then_continuation_and_trains_the_continua
 def test_score_lands_on_the_last_trained_token_when_the_mask_starts_late():
     mask = np.array([[0, 0, 1, 1, 0], [1, 1, 1, 0, 0]], np.int32)
     zeros = np.zeros((2, 5), np.float32)
-    rewards, _, _ = shape_rewards(np.array([1.0, 2.0]), zeros, zeros, mask, np.array([True, True]),
-                                  np.float32(0.0), PPOHyper())
+    rewards, _ = token_rewards(np.array([1.0, 2.0]), zeros, mask, np.array([True, True]), np.float32(0.0),
+                               AlgorithmConfig(), 1)
     np.testing.assert_allclose(np.asarray(rewards), [[0, 0, 0, 1, 0], [0, 0, 2, 0, 0]])
 
 
@@ -113,7 +113,7 @@ def test_branched_ppo_learns_a_rule_reward(setup, tmp_path):
 
     model, prompts = setup
     cfg = ppo_yaml(tmp_path, model, prompts, iterations=30,
-                   extra="  samples_per_prompt: 4\n  group_baseline: true\n  branch_at: [0.2, 0.8]")
+                   extra="  samples_per_prompt: 4\n  branch_at: [0.2, 0.8]", algorithm="  advantage: rloo")
     assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) == 0
     history = json.loads((tmp_path / "run" / "results.json").read_text())["history"]
     start = np.mean([h["score"] for h in history[:3]])

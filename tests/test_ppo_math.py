@@ -4,7 +4,16 @@ import numpy as np
 import pytest
 
 from jaxrlhf.losses import (compute_gae, kl_penalty, masked_whiten, ppo_policy_loss, ppo_value_loss)
-from jaxrlhf.steps.ppo import PPOHyper, adaptive_kl_coef, leave_one_out_baseline, prefix_shaping, shape_rewards
+from jaxrlhf.algorithms import AlgorithmConfig, token_rewards
+from jaxrlhf.algorithms.advantages import leave_one_out_baseline
+from jaxrlhf.steps.rl import adaptive_kl_coef, prefix_shaping
+
+
+def shape_rewards(scores, log_probs, ref_log_probs, mask, finished, kl_coef, algo, dense=None, group_size=1):
+    """Per-token rewards, per-token KL and baselined scores as make_experience forms them."""
+    kl = kl_penalty(log_probs, ref_log_probs, algo.kl.estimator) * mask
+    rewards, scores = token_rewards(scores, kl, mask, finished, kl_coef, algo, group_size, dense)
+    return rewards, kl, scores
 
 
 def random_masked(seed, b=4, t=7):
@@ -86,9 +95,9 @@ def test_shaped_rewards_put_score_at_last_token_and_penalise_missing_eos():
     mask = np.array([[1, 1, 1, 0], [1, 1, 1, 1]], np.float32)
     lp = np.full((2, 4), -1.0, np.float32)
     ref = np.full((2, 4), -1.5, np.float32)
-    hyper = PPOHyper(missing_eos_penalty=-2.0)
+    algo = AlgorithmConfig(missing_eos_penalty=-2.0)
     rewards, kl, scores = shape_rewards(np.array([1.0, 1.0]), lp, ref, mask, np.array([True, False]),
-                                        np.float32(0.1), hyper)
+                                        np.float32(0.1), algo)
     expected = -0.1 * 0.5 * mask
     expected[0, 2] += 1.0
     expected[1, 3] += 1.0 - 2.0
@@ -109,8 +118,8 @@ def test_prefix_shaping_pays_each_answer_token_its_change_in_score_and_sums_to_t
     # shape_rewards adds them on the trained tokens only, next to the KL and the terminal score
     mask = np.array([[0, 1, 1, 1], [1, 1, 1, 1]], np.float32)  # row 0 trains from token 1 (branched)
     lp = np.zeros((2, 4), np.float32)
-    hyper = PPOHyper(missing_eos_penalty=None)
-    shaped, _, _ = shape_rewards(np.array([0.0, 2.0]), lp, lp, mask, np.ones(2, bool), np.float32(0.1), hyper,
+    algo = AlgorithmConfig(missing_eos_penalty=None)
+    shaped, _, _ = shape_rewards(np.array([0.0, 2.0]), lp, lp, mask, np.ones(2, bool), np.float32(0.1), algo,
                                  rewards)
     expected = rewards * mask
     expected[1, 3] += 2.0
@@ -123,8 +132,8 @@ def test_group_baseline_subtracts_the_mean_of_the_prompts_other_samples():
     np.testing.assert_allclose(np.asarray(leave_one_out_baseline(scores, 3)), expected, atol=1e-6)
     mask = np.ones((6, 2), np.float32)
     lp = np.zeros((6, 2), np.float32)
-    hyper = PPOHyper(missing_eos_penalty=None, group_size=3, group_baseline=True)
-    rewards, _, shaped = shape_rewards(scores, lp, lp, mask, np.ones(6, bool), np.float32(0.1), hyper)
+    algo = AlgorithmConfig(advantage="rloo", missing_eos_penalty=None)
+    rewards, _, shaped = shape_rewards(scores, lp, lp, mask, np.ones(6, bool), np.float32(0.1), algo, group_size=3)
     np.testing.assert_allclose(np.asarray(shaped), expected, atol=1e-6)
     np.testing.assert_allclose(np.asarray(rewards)[:, 1], expected, atol=1e-6)
     # a prompt whose samples all score alike teaches nothing
@@ -132,29 +141,8 @@ def test_group_baseline_subtracts_the_mean_of_the_prompts_other_samples():
     np.testing.assert_allclose(same, 0.0, atol=1e-6)
 
 
-def test_group_std_scale_divides_each_prompts_centred_scores_by_its_spread():
-    # prompt 1 spreads 100x wider than prompt 2: scaled, both pull equally hard
-    scores = np.array([0.0, 1.0, 3.0, 0.0, 0.01, 0.03, 0.5, 0.5, 0.5], np.float32)  # 3 prompts x 3
-    centred = np.asarray(leave_one_out_baseline(scores, 3))
-    spread = scores.reshape(3, 3).std(axis=1).repeat(3) + 1e-4
-    mask, lp = np.ones((9, 2), np.float32), np.zeros((9, 2), np.float32)
-    hyper = PPOHyper(missing_eos_penalty=None, group_size=3, group_baseline=True, group_std_scale=True)
-    rewards, _, shaped = shape_rewards(scores, lp, lp, mask, np.ones(9, bool), np.float32(0.1), hyper)
-    np.testing.assert_allclose(np.asarray(shaped), centred / spread, rtol=1e-4, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(shaped)[:3], np.asarray(shaped)[3:6], rtol=2e-2)
-    np.testing.assert_allclose(np.asarray(rewards)[:, 1], np.asarray(shaped), atol=1e-6)
-    np.testing.assert_allclose(np.asarray(shaped)[6:], 0.0, atol=1e-6)  # all alike: still nothing, no NaN
-
-
-def test_group_baseline_needs_several_samples_per_prompt():
-    with pytest.raises(ValueError, match="group_size >= 2"):
-        PPOHyper(group_baseline=True, group_size=1)
-    with pytest.raises(ValueError, match="needs group_baseline"):
-        PPOHyper(group_size=4, group_std_scale=True)
-
-
 def test_max_variance_subset_keeps_each_prompts_best_and_worst_in_order():
-    from jaxrlhf.steps.ppo import max_variance_subset
+    from jaxrlhf.steps.rl import max_variance_subset
 
     scores = np.array([0.1, 0.9, 0.5, 0.3,   2.0, -1.0, 0.0, 1.0], np.float32)  # two prompts x 4 samples
     np.testing.assert_array_equal(max_variance_subset(scores, 4, 2), [0, 1, 4, 5])
@@ -165,22 +153,10 @@ def test_max_variance_subset_keeps_each_prompts_best_and_worst_in_order():
     assert kept.var() == max(six[list(c)].var() for c in __import__("itertools").combinations(range(6), 4))
 
 
-def test_keep_per_prompt_is_validated():
-    from jaxrlhf.stages.ppo import PPOTrainConfig
-
-    PPOTrainConfig(batch_size=64, samples_per_prompt=8, keep_per_prompt=4, group_baseline=True, minibatches=2)
-    for keep in (1, 3, 8):
-        with pytest.raises(ValueError, match="keep_per_prompt must be even"):
-            PPOTrainConfig(batch_size=64, samples_per_prompt=8, keep_per_prompt=keep, minibatches=2)
-    with pytest.raises(ValueError, match="not a multiple of minibatches"):
-        PPOTrainConfig(batch_size=24, samples_per_prompt=8, keep_per_prompt=2, minibatches=4)  # 6 trained
-
-
-def test_update_ema_averages_the_params_in_float32_and_is_validated():
+def test_update_ema_averages_the_params_in_float32():
     import jax.numpy as jnp
 
-    from jaxrlhf.stages.ppo import PPOTrainConfig
-    from jaxrlhf.steps.ppo import update_ema
+    from jaxrlhf.steps.rl import update_ema
 
     rng = np.random.default_rng(0)
     ema = {"w": rng.normal(size=(3, 4)).astype(np.float32), "b": np.zeros(4, np.float32)}
@@ -190,8 +166,3 @@ def test_update_ema_averages_the_params_in_float32_and_is_validated():
         assert new[k].dtype == jnp.float32
         np.testing.assert_allclose(new[k], 0.9 * ema[k] + 0.1 * np.asarray(params[k], np.float32), rtol=1e-6)
     assert update_ema(None, params, 0.9) is None  # averaging off
-    for bad in (0.0, 1.0, 1.5):
-        with pytest.raises(ValueError, match="ema_decay must be in"):
-            PPOHyper(ema_decay=bad)
-        with pytest.raises(ValueError, match="ema_decay must be in"):
-            PPOTrainConfig(ema_decay=bad)

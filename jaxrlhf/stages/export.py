@@ -11,15 +11,11 @@ from flax import nnx
 
 from jaxrlhf.config import ConfigError, load_config
 
-STAGE_CONFIGS = {"sft": ("jaxrlhf.stages.sft", "SFTConfig"), "rm": ("jaxrlhf.stages.rm", "RMConfig"),
-                 "dpo": ("jaxrlhf.stages.dpo", "DPOConfig")}
 
 
 def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
-               dtype: str | None = None) -> Path:
+               dtype: str | None = None, role: str = "policy") -> Path:
     """Rebuild the run's model structure, restore a checkpoint into it and save it."""
-    import importlib
-
     from jaxrlhf.checkpoint import Checkpointer
     from jaxrlhf.models import CheckpointError, load_tokenizer, reward_model_from_pretrained, save_pretrained
     from jaxrlhf.sharding import MeshConfig, make_mesh
@@ -30,10 +26,15 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
     run_dir = Path(run_dir)
     stage_file = run_dir / "stage"
     stage = stage_file.read_text().strip() if stage_file.exists() else "rm"
-    if stage not in STAGE_CONFIGS:
-        raise ConfigError(f"{stage_file}: unknown stage {stage!r}")
-    module, name = STAGE_CONFIGS[stage]
-    cfg = load_config(getattr(importlib.import_module(module), name), run_dir / "config.yaml")
+    from jaxrlhf.stages.registry import STAGES
+    if stage not in STAGES:
+        raise ConfigError(f"{stage_file}: unknown stage {stage!r} (stages: {', '.join(STAGES)})")
+    info = STAGES[stage]
+    cfg = load_config(info.config_type(), run_dir / "config.yaml")
+    if info.preset is not None:
+        return export_rl_run(run_dir, cfg, out, step=step, dtype=dtype, role=role)
+    if role != "policy":
+        raise ConfigError(f"--role {role}: a {stage} run holds one model (its policy or reward model)")
     checkpointer = Checkpointer(run_dir / "checkpoints")
     if step is not None and step not in checkpointer.all_steps():
         raise ConfigError(f"{run_dir / 'checkpoints'}: no complete checkpoint for step {step}")
@@ -68,3 +69,47 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
     check_stage_tokenizer(tokenizer, cfg.model, cfg.tokenizer or cfg.model.path)
     checkpointer.close()
     return save_pretrained(model, out, dtype=dtype, tokenizer=tokenizer)
+
+
+def restore_state(checkpointer, abstract, step: int | None, where: Path):
+    """The state of checkpoint ``step`` (default: the newest that reads back completely)."""
+    from jaxrlhf.models import CheckpointError
+
+    if step is None:
+        return checkpointer.restore_latest(abstract)[1]
+    try:
+        return checkpointer.restore(step, abstract)[0]
+    except Exception as e:  # the step asked for is damaged: no fallback to another one
+        raise CheckpointError(f"{where / str(step)}: cannot be read back "
+                              f"({type(e).__name__}: {str(e).strip().splitlines()[0][:300]})") from None
+
+
+def export_rl_run(run_dir: Path, cfg, out, *, step: int | None, dtype: str | None, role: str) -> Path:
+    """An RL run's actor (the exported weights: the moving average when averaging was on) or, with
+    ``role`` critic, its value model."""
+    from jaxrlhf.checkpoint import Checkpointer
+    from jaxrlhf.models import load_tokenizer, save_pretrained
+    from jaxrlhf.sharding import MeshConfig, make_mesh
+    from jaxrlhf.stages.rl import abstract_rl_state, load_rl_models
+
+    if role not in ("policy", "critic"):
+        raise ConfigError(f"--role must be policy or critic, got {role!r}")
+    if role == "critic" and not cfg.algorithm.uses_critic:
+        raise ConfigError(f"{run_dir}: advantage {cfg.algorithm.advantage} trains no critic")
+    checkpointer = Checkpointer(run_dir / "checkpoints")
+    if step is not None and step not in checkpointer.all_steps():
+        raise ConfigError(f"{run_dir / 'checkpoints'}: no complete checkpoint for step {step}")
+    mesh = make_mesh(MeshConfig(1, 1, 1), devices=jax.devices()[:1])
+    actor, _, critic = load_rl_models(cfg, mesh, reference=False)
+    (actor_graphdef, critic_graphdef), abstract = abstract_rl_state(cfg, actor, critic)
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+    state = restore_state(checkpointer, abstract, step, run_dir / "checkpoints")
+    checkpointer.close()
+    if role == "critic":
+        return save_pretrained(nnx.merge(critic_graphdef, state.critic.params, state.critic.buffers), out, dtype=dtype)
+    params = state.actor.params if state.ema is None else jax.tree.map(lambda e, p: e.astype(p.dtype), state.ema,
+                                                                        state.actor.params)
+    tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
+    return save_pretrained(nnx.merge(actor_graphdef, params, state.actor.buffers), out, dtype=dtype,
+                           tokenizer=tokenizer)

@@ -49,18 +49,27 @@ class ScoredBatch:
                            self.metrics)
 
 
+def source_key(source, position: int) -> str:
+    """A reward source's metric name: short and relative (no folder paths in TensorBoard tags):
+    ``model0`` / ``rule1_length_control_reward`` (its position in the rewards list, and a rule's
+    function name)."""
+    if source.kind == "model":
+        return f"model{position}"
+    return f"rule{position}_{source.function.rpartition(':')[2]}"
+
+
 class Scorer:
     """Scores rollouts: reward models on device (same token ids), rules on the host."""
 
     def __init__(self, sources, *, tokenizer, policy_vocab: int, mesh, dtype: str):
         from jaxrlhf.models import reward_model_from_pretrained
-        from jaxrlhf.rewards import get_rule
+        from jaxrlhf.rewards import load_rule
 
         self.sources, self.tokenizer, self.models, self.rules = list(sources), tokenizer, {}, {}
         self.eos_ids = [tokenizer.eos_token_id]
         self.dense_keys = set()
         for i, source in enumerate(self.sources):
-            key = f"{source.kind}:{source.path or source.name}#{i}"
+            key = source_key(source, i)
             if source.kind == "model":
                 rm = reward_model_from_pretrained(source.path, dtype=dtype, mesh=mesh)
                 if rm.config.vocab_size != policy_vocab:
@@ -76,14 +85,15 @@ class Scorer:
                                                         normalize=source.normalize))
                 self.models[key] = (forward, state, source.include_eos)
             else:
-                self.rules[key] = functools.partial(get_rule(source.name), **source.kwargs)
-        self.weights = {f"{s.kind}:{s.path or s.name}#{i}": s.weight for i, s in enumerate(self.sources)}
+                self.rules[key] = (source.function, functools.partial(load_rule(source.function), **source.kwargs))
+        self.weights = {source_key(s, i): s.weight for i, s in enumerate(self.sources)}
         self.keys = list(self.weights)
 
     def __call__(self, input_ids, attention_mask, prompt_len, response_mask, finished, prompts,
                  meta) -> ScoredBatch:
-        from jaxrlhf.rewards import TextBatch, combine
-        from jaxrlhf.steps.ppo import prefix_shaping
+        from jaxrlhf.rewards import TextBatch, check_rule_scores, combine
+        from jaxrlhf.sharding import to_host
+        from jaxrlhf.steps.rl import prefix_shaping
 
         parts, dense = {}, None
         eos = jnp.isin(input_ids[:, prompt_len:], jnp.asarray(self.eos_ids))
@@ -92,24 +102,24 @@ class Scorer:
             if key in self.dense_keys:
                 potentials = forward(state, input_ids, attention_mask, prompt_len=prompt_len)  # [B, N + 1]
                 answer_len = answer_mask.sum(axis=1)
-                parts[key] = np.asarray(jnp.take_along_axis(potentials, answer_len[:, None], axis=1)[:, 0])
+                parts[key] = to_host(jnp.take_along_axis(potentials, answer_len[:, None], axis=1)[:, 0])
                 shaped = self.weights[key] * prefix_shaping(potentials, answer_mask)
                 dense = shaped if dense is None else dense + shaped
                 continue
             mask = attention_mask
             if not include_eos:  # the RM was trained on answers without EOS: read at the last answer token
                 mask = mask.at[:, prompt_len:].set(mask[:, prompt_len:] * (~eos).astype(mask.dtype))
-            parts[key] = np.asarray(forward(state, input_ids, mask))
+            parts[key] = to_host(forward(state, input_ids, mask))
         if self.rules:
-            tokens = np.asarray(input_ids)[:, prompt_len:]
+            tokens = to_host(input_ids)[:, prompt_len:]
             mask = np.asarray(response_mask)
             done = np.asarray(finished)
             texts = [self.tokenizer.decode(t[: int(m.sum()) - int(d)], skip_special_tokens=True)
                      for t, m, d in zip(tokens, mask, done)]
             batch = TextBatch(prompts, texts, tokens, mask, done, meta)
-            for key, rule in self.rules.items():
-                parts[key] = np.asarray(rule(batch), np.float32)
-        metrics = {f"reward_{k.split('#')[0].replace(':', '_')}": float(np.mean(v)) for k, v in parts.items()}
+            for key, (spec, rule) in self.rules.items():
+                parts[key] = check_rule_scores(spec, rule(batch), len(texts))
+        metrics = {f"reward_{k}": float(np.mean(v)) for k, v in parts.items()}
         total = combine(parts, self.weights).astype(np.float32)
         terminal_parts = {k: v for k, v in parts.items() if k not in self.dense_keys}
         terminal = (combine(terminal_parts, self.weights).astype(np.float32) if terminal_parts

@@ -1,3 +1,3 @@
-"""Tasks: data builders, rule rewards and evaluations (importing registers their rules)."""
-
-import jaxrlhf.tasks.length_control  # noqa: F401  (registers the "length_control" rule)
+"""Tasks built on the library (the library never imports them): data builders, rule rewards,
+evaluations, pipelines and their CLI commands. Each task plugs into the CLI through the
+``jaxrlhf.tasks`` entry-point group (see pyproject.toml and jaxrlhf.cli)."""

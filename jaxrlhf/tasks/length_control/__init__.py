@@ -1,8 +1,8 @@
 """Length control (the seed case study): compress a paragraph to N characters.
 
-Importing this package registers the ``length_control`` rule reward (the seed's score);
-the data builder, tokenizer and evaluation are re-exported lazily, so registering the rule
-does not import transformers (and ``python -m ...length_control.data`` runs cleanly).
+Its rule reward (the seed's score) is ``jaxrlhf.tasks.length_control.score:length_control_reward``;
+the data builder, tokenizer and evaluation are re-exported lazily, so importing the score does
+not import transformers (and ``python -m ...length_control.data`` runs cleanly).
 """
 
 from __future__ import annotations

@@ -1,4 +1,5 @@
-"""``jaxrlhf demo``, ``jaxrlhf data TASK`` and ``jaxrlhf eval TASK``: the task commands."""
+"""The length-control task's commands (``jaxrlhf demo``, ``jaxrlhf data length-control``, ``jaxrlhf
+eval length-control``), plugged into the CLI through the ``jaxrlhf.tasks`` entry point (COMMANDS)."""
 
 from __future__ import annotations
 
@@ -38,15 +39,14 @@ def add_demo(sub) -> None:
 
 
 def run_demo_command(args) -> int:
-    from jaxrlhf.config import load_config
-    from jaxrlhf.stages.demo import DemoConfig, run_demo
+    from jaxrlhf.tasks.length_control.pipeline import load_demo_config, run_demo
 
     overrides = list(SIZES[args.size]) + list(args.overrides)
     if args.out:
         overrides.append(f"output_dir={args.out}")
     if args.source:
         overrides.append("source=[" + ",".join(args.source) + "]")
-    cfg = load_config(DemoConfig, args.config, overrides)
+    cfg = load_demo_config(args.config, overrides)
     result = run_demo(cfg)
     scores = ", ".join(f"{k.upper()} {v:.3f}" for k, v in result["scores"].items())
     print(f"demo finished in {result['seconds'] / 60:.1f} min: mean length score {scores}; "
@@ -65,28 +65,33 @@ def add_data(sub) -> None:
                     "from the seed, from the embedded source text or --source files.")
     lc.add_argument("--out", required=True, metavar="DIR")
     lc.add_argument("--source", nargs="+", metavar="FILE")
-    lc.add_argument("--seed", type=int, default=0)
-    lc.add_argument("--n-sft", type=int, default=3000)
-    lc.add_argument("--n-rm", type=int, default=1500)
-    lc.add_argument("--n-test", type=int, default=260)
-    lc.add_argument("--n-ppo-prompts", type=int, default=1000)
-    lc.add_argument("--n-rm-policy", type=int, default=0, metavar="N",
+    lc.add_argument("--seed", type=int, default=None, help="default: the demo's (demo.yaml)")
+    for flag, key in (("--n-sft", "n_sft"), ("--n-rm", "n_rm"), ("--n-test", "n_test"),
+                      ("--n-ppo-prompts", "n_ppo_prompts")):
+        lc.add_argument(flag, type=int, default=None, help=f"default: the demo's data.{key}")
+    lc.add_argument("--n-rm-policy", type=int, default=None, metavar="N",
                     help="also write rm_policy_prompts.jsonl: N more RM prompts for the SFT model to "
-                         "answer (the demo ranks its answers into further RM rows)")
-    lc.add_argument("--paragraph-chars", type=int, nargs=2, default=(60, 200), metavar=("MIN", "MAX"),
-                    help="length range of the embedded paragraphs (default: 60 200)")
+                         "answer (the demo ranks its answers into further RM rows); default: the demo's")
+    lc.add_argument("--paragraph-chars", type=int, nargs=2, default=None, metavar=("MIN", "MAX"),
+                    help="length range of the embedded paragraphs (default: the demo's)")
     lc.add_argument("--sft-noise", type=float, default=None, metavar="STD",
-                    help="spread of the SFT answers' relative length error (default: 0.10)")
+                    help="spread of the SFT answers' relative length error (default: the demo's)")
     lc.set_defaults(run=run_data_length_control)
 
 
 def run_data_length_control(args) -> int:
+    """Exactly the demo's data unless a flag says otherwise (defaults from demo.yaml)."""
     from jaxrlhf.tasks.length_control import build_length_control_data
+    from jaxrlhf.tasks.length_control.pipeline import load_demo_config
 
-    files = build_length_control_data(args.out, seed=args.seed, source=args.source, n_sft=args.n_sft,
-                                      n_rm=args.n_rm, n_test=args.n_test, n_ppo_prompts=args.n_ppo_prompts,
-                                      n_rm_policy=args.n_rm_policy, paragraph_chars=tuple(args.paragraph_chars),
-                                      **({} if args.sft_noise is None else {"sft_noise": args.sft_noise}))
+    demo = load_demo_config()
+    d = demo.data
+    pick = lambda value, default: default if value is None else value
+    files = build_length_control_data(
+        args.out, seed=pick(args.seed, demo.seed), source=args.source, n_sft=pick(args.n_sft, d.n_sft),
+        n_rm=pick(args.n_rm, d.n_rm), n_test=pick(args.n_test, d.n_test),
+        n_ppo_prompts=pick(args.n_ppo_prompts, d.n_ppo_prompts), n_rm_policy=pick(args.n_rm_policy, d.n_rm_policy),
+        paragraph_chars=tuple(pick(args.paragraph_chars, d.paragraph_chars)), sft_noise=pick(args.sft_noise, d.sft_noise))
     for name, path in sorted(files.items()):
         print(f"{name:<12} {path}")
     return 0
@@ -126,3 +131,6 @@ def run_eval_length_control(args) -> int:
           f"({result['no_limit_rows']} without a limit); predictions: {args.out}")
     print(format_distribution(result))
     return 0
+
+
+COMMANDS = (add_demo, add_data, add_eval)

@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from jaxrlhf.rewards import TextBatch, register_rule
+from jaxrlhf.rewards import TextBatch
 
 SCORE_LEVELS = (1.0, 0.9, 0.8, 0.7, 0.6, 0.0)
 # (bin upper edge in percent of the limit, score); a d above the last edge scores 0.
@@ -139,9 +139,9 @@ def row_limit(prompt: str, meta: Mapping[str, Any] | None = None) -> int | None:
     return parse_limit(prompt)
 
 
-@register_rule("length_control")
 def length_control_reward(batch: TextBatch) -> np.ndarray:
-    """The seed's score of each decoded response (0 for rows whose limit is unknown, so PPO
+    """The seed's score of each decoded response, as a rule reward
+    (``jaxrlhf.tasks.length_control.score:length_control_reward``; 0 for rows whose limit is unknown, so PPO
     gains nothing there rather than failing a whole batch)."""
     out = np.zeros(len(batch.responses), np.float32)
     for i, (prompt, response) in enumerate(zip(batch.prompts, batch.responses)):
