@@ -108,7 +108,7 @@ def test_no_checkpoint_is_none(tmp_path):
 
 
 @pytest.mark.slow
-def test_rm_export_and_resume_skip_a_damaged_latest(tmp_path, caplog):
+def test_rm_export_and_resume_skip_a_damaged_latest(tmp_path, caplog, capsys):
     from safetensors.numpy import load_file
 
     from rm_fixtures import ranked_rows, rm_config_yaml, tiny_model_folder, write_jsonl
@@ -133,3 +133,10 @@ def test_rm_export_and_resume_skip_a_damaged_latest(tmp_path, caplog):
     # resume continues from step 3 and writes step 6 again
     assert main(["rm", "--config", cfg, *common, "--resume"]) == 0
     assert 6 in Checkpointer(run / "checkpoints").all_steps()
+    # the case: a resume at another batch size stops in one line, config.yaml kept
+    first_config = (run / "config.yaml").read_text()
+    capsys.readouterr()
+    assert main(["rm", "--config", cfg, *common, "--resume", "--set", "train.batch_size=16"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "train.batch_size: 8 -> 16" in err
+    assert (run / "config.yaml").read_text() == first_config

@@ -12,7 +12,6 @@ from jaxrlhf.config import ConfigError, load_config
 from jaxrlhf.run_record import check_resume, record_for
 from jaxrlhf.stages.common import prepare_run_dir
 from jaxrlhf.stages.dpo import DPOConfig
-from jaxrlhf.stages.ppo import PPOConfig
 from jaxrlhf.stages.rm import RMConfig
 from jaxrlhf.stages.sft import SFTConfig
 
@@ -114,12 +113,19 @@ def test_record_covers_the_supervised_stages(tmp_path, cls, data):
         check_resume(record, record_for(changed, "x"))
 
 
+def rl_config_class():
+    """The RL stage's config."""
+    from jaxrlhf.stages.rl import RLConfig
+    return RLConfig
+
+
 def test_record_covers_ppo(tmp_path):
     prompts = write(tmp_path / "p.jsonl", '{"prompt": "q"}\n')
-    cfg = load_config(PPOConfig, None, [f"model.path={tmp_path}", f"data.prompt_files=[{prompts}]",
-                                        "rewards=[{kind: rule, name: length}]"])
-    record = record_for(cfg, "ppo")
-    assert {"seed", "train.batch_size", "data.max_prompt_length", "data.prompt_files", "mesh"} <= set(record)
-    more = load_config(PPOConfig, None, [f"model.path={tmp_path}", f"data.prompt_files=[{prompts}]",
-                                         "rewards=[{kind: rule, name: length}]", "train.iterations=500"])
-    check_resume(record, record_for(more, "ppo"))  # more iterations: a safe change
+    common = [f"model.path={tmp_path}", f"data.prompt_files=[{prompts}]", f"rewards=[{{kind: model, path: {tmp_path}}}]"]
+    cls = rl_config_class()
+    record = record_for(load_config(cls, None, common), "ppo")
+    assert {"seed", "train.batch_size", "train.samples_per_prompt", "data.max_prompt_length", "data.prompt_files",
+            "mesh"} <= set(record)
+    check_resume(record, record_for(load_config(cls, None, common + ["train.iterations=500"]), "ppo"))  # safe
+    with pytest.raises(ConfigError, match=r"train\.batch_size: 16 -> 32"):
+        check_resume(record, record_for(load_config(cls, None, common + ["train.batch_size=32"]), "ppo"))

@@ -86,17 +86,25 @@ def prepare_run_dir(cfg, *, resume: bool, stage: str):
     check_mesh_fits(cfg.mesh, jax.device_count())
     if cfg.train.keep_checkpoints < 1:  # every stage's train config: 0 would delete the last one
         raise ConfigError(f"train.keep_checkpoints must be >= 1, got {cfg.train.keep_checkpoints}")
-    has_checkpoints = (out / "checkpoints").is_dir() and Checkpointer(
-        out / "checkpoints", keep=cfg.train.keep_checkpoints).latest_step() is not None
+    # Orbax creates the folder it is given: open it only where it exists until the checks pass
+    checkpointer = (Checkpointer(out / "checkpoints", keep=cfg.train.keep_checkpoints)
+                    if (out / "checkpoints").is_dir() else None)
+    has_checkpoints = checkpointer is not None and checkpointer.latest_step() is not None
     if not resume and has_checkpoints:
+        checkpointer.close()
         raise ConfigError(f"{out / 'checkpoints'} already holds checkpoints: pass --resume to "
                           "continue that run, or choose another output_dir")
-    resuming = resume and has_checkpoints and (out / "config.yaml").exists()
-    if resuming:
-        _record_resume(cfg, out, stage)
-    elif jax.process_index() == 0:
-        _record_first_start(cfg, out, stage)
-    checkpointer = Checkpointer(out / "checkpoints", keep=cfg.train.keep_checkpoints)
+    try:
+        if resume and has_checkpoints and (out / "config.yaml").exists():
+            _record_resume(cfg, out, stage)
+        elif jax.process_index() == 0:
+            _record_first_start(cfg, out, stage)
+    except BaseException:
+        if checkpointer is not None:
+            checkpointer.close()
+        raise
+    if checkpointer is None:
+        checkpointer = Checkpointer(out / "checkpoints", keep=cfg.train.keep_checkpoints)
     return out, checkpointer
 
 
