@@ -31,6 +31,8 @@ class Checkpointer:
     """Keep the last ``keep`` checkpoints of a run under ``directory``."""
 
     def __init__(self, directory: str | os.PathLike, *, keep: int = 2, async_save: bool = False):
+        if keep < 1:  # Orbax would delete every checkpoint, the one just saved included
+            raise ValueError(f"keep must be >= 1 (the last checkpoint is always kept), got {keep}")
         self.directory = Path(directory).absolute()
         self.async_save = async_save
         options = ocp.CheckpointManagerOptions(max_to_keep=keep, create=True,

@@ -140,3 +140,10 @@ def test_rm_export_and_resume_skip_a_damaged_latest(tmp_path, caplog, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "train.batch_size: 8 -> 16" in err
     assert (run / "config.yaml").read_text() == first_config
+
+
+@pytest.mark.parametrize("keep", [0, -1])
+def test_keep_below_one_is_refused(tmp_path, keep):
+    with pytest.raises(ValueError, match="keep must be >= 1"):
+        Checkpointer(tmp_path / "c", keep=keep)
+    assert not (tmp_path / "c").exists()
