@@ -44,19 +44,19 @@ def write_prompts(path: Path, args) -> list[str]:
 
 def ours(policy: Path, rm: Path, prompt_file: Path, args) -> list[dict]:
     from jaxrlhf.config import from_dict
-    from jaxrlhf.stages.ppo import PPOConfig, run_ppo
+    from jaxrlhf.stages.rl import RLConfig, run_rl
 
-    cfg = from_dict(PPOConfig, {
+    cfg = from_dict(RLConfig, {
         "output_dir": tempfile.mkdtemp(), "model": {"path": str(policy), "dtype": args.dtype},
         "mesh": {"data": -1, "fsdp": 1, "tensor": 1},
         "data": {"prompt_files": [str(prompt_file)], "max_prompt_length": args.prompt},
         "rollout": {"max_new_tokens": args.new, "temperature": 1.0},
-        "train": {"iterations": args.iterations, "batch_size": args.batch, "epochs": args.epochs,
-                  "minibatches": args.minibatches},
+        "train": {"iterations": args.iterations, "batch_size": args.batch},
+        "algorithm": {"epochs": args.epochs, "minibatches": args.minibatches},
         "rewards": [{"kind": "model", "path": str(rm)},
-                    {"kind": "rule", "name": "target_length_tokens", "kwargs": {"target": 8}, "weight": 0.1}],
+                    {"kind": "rule", "function": "jaxrlhf.rewards:target_length_tokens", "kwargs": {"target": 8}, "weight": 0.1}],
     })
-    return run_ppo(cfg)["history"][1:]
+    return run_rl(cfg)["history"][1:]
 
 
 def find_trl_ppo():

@@ -23,7 +23,7 @@ from scipy.stats import spearmanr
 from jaxrlhf.data.tokenize import layout_sequences
 from jaxrlhf.generate import SamplingConfig
 from jaxrlhf.models import load_tokenizer, reward_model_from_pretrained
-from jaxrlhf.stages.demo import DemoConfig
+from jaxrlhf.tasks.length_control.pipeline import load_demo_config
 from jaxrlhf.stages.sample import generate_file
 from jaxrlhf.tasks.length_control.data import closeness as closeness_of
 from jaxrlhf.tasks.length_control.score import score
@@ -45,11 +45,11 @@ if not out.exists():
     prompts.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows for _ in range(group)),
                        encoding="utf-8")
     generate_file(a.policy, str(prompts), str(out), config=SamplingConfig(max_new_tokens=100, temperature=1.0),
-                  batch_size=128, max_prompt_length=DemoConfig().max_prompt_length)
+                  batch_size=128, max_prompt_length=load_demo_config().max_prompt_length)
 rows = [json.loads(x) for x in open(out, encoding="utf-8")]
 closeness = np.array([closeness_of(r["response"], r["limit"]) for r in rows]).reshape(-1, group)
 rule = np.array([score(r["response"], r["limit"]) for r in rows]).reshape(-1, group)
-demo = DemoConfig()
+demo = load_demo_config()
 prompts = [r["prompt"] for r in rows[::group]]
 answers = [[r["response"] for r in rows[i:i + group]] for i in range(0, len(rows), group)]
 for rm_dir in a.rm_dirs:

@@ -22,7 +22,7 @@ import numpy as np
 
 from jaxrlhf.data.tokenize import layout_sequences
 from jaxrlhf.models import load_tokenizer, reward_model_from_pretrained
-from jaxrlhf.stages.demo import DemoConfig
+from jaxrlhf.tasks.length_control.pipeline import load_demo_config
 from jaxrlhf.tasks.length_control.data import make_compression
 from jaxrlhf.tasks.length_control.score import count_chars
 
@@ -33,7 +33,7 @@ p.add_argument("--limits", type=int, nargs="+", default=[5, 10, 15, 20, 30])
 p.add_argument("--prompts", type=int, default=12)
 a = p.parse_args()
 rm, tok = reward_model_from_pretrained(a.rm_dir), load_tokenizer(a.rm_dir)
-demo = DemoConfig()
+demo = load_demo_config()
 read = lambda name: [json.loads(x) for x in open(f"{a.data_dir}/{name}.jsonl", encoding="utf-8")]
 paragraphs = [s["text"] for s in read("source") if s["split"] == "test"]
 test = read("test")

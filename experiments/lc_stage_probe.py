@@ -25,13 +25,13 @@ from pathlib import Path
 import numpy as np
 
 from jaxrlhf.config import apply_overrides, from_dict, to_dict
-from jaxrlhf.stages.demo import DemoConfig, stage_configs
+from jaxrlhf.tasks.length_control.pipeline import load_demo_config, stage_configs
 from jaxrlhf.stages.dpo import DPOConfig, run_dpo
-from jaxrlhf.stages.ppo import PPOConfig, run_ppo
+from jaxrlhf.stages.rl import RLConfig, run_rl
 from jaxrlhf.stages.rm import RMConfig, run_rm
 from jaxrlhf.tasks.length_control.evaluate import evaluate_length_control
 
-STAGES = {"rm": (RMConfig, run_rm), "ppo": (PPOConfig, run_ppo), "dpo": (DPOConfig, run_dpo)}
+STAGES = {"rm": (RMConfig, run_rm), "ppo": (RLConfig, run_rl), "dpo": (DPOConfig, run_dpo)}
 
 p = argparse.ArgumentParser()
 p.add_argument("stage", choices=sorted(STAGES))
@@ -45,7 +45,7 @@ a = p.parse_args()
 logging.basicConfig(level=logging.WARNING)
 run, out = Path(a.demo_run), Path(a.out)
 data = {q.stem: q for q in (run / "data").glob("*.jsonl")}
-demo = DemoConfig(output_dir=str(out))
+demo = load_demo_config(None, [f"output_dir={out}"])
 cfg = to_dict(stage_configs(demo, out, data)[a.stage])
 cfg["model"]["path"] = str(run / "sft" / "final")
 if a.stage == "ppo":

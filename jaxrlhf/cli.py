@@ -35,6 +35,8 @@ commands available in this version:
   rm           train a reward model on ranked answers (K-wise ranking loss)
   dpo          direct preference optimisation against a frozen reference
   ppo          RLHF with PPO against a reward model and/or rule rewards
+  grpo, dr_grpo, rloo, reinforce_pp
+               the same RL learner with another advantage estimator (presets)
   generate     generate responses for a file of prompts (KV-cache sampler)
   plan         per-device memory of the RM step and PPO iteration (ahead-of-time compile)
   export       write a training run's checkpoint as a transformers folder
@@ -270,6 +272,20 @@ def add_export(sub) -> None:
     p.set_defaults(run=run_export)
 
 
+def _model_folders(config: dict) -> list[str]:
+    """Every folder a run config reads a model or tokenizer from (model.path, tokenizer,
+    reference_path, critic_path, each reward's path), wherever the stage keeps it."""
+    found = []
+    for key, value in config.items():
+        if isinstance(value, dict):
+            found += _model_folders(value)
+        elif isinstance(value, list):
+            found += [f for v in value if isinstance(v, dict) for f in _model_folders(v)]
+        elif isinstance(value, str) and (key in ("path", "tokenizer") or key.endswith("_path")):
+            found.append(value)
+    return found
+
+
 def run_export(args) -> int:
     import shutil
     import tempfile
@@ -281,10 +297,8 @@ def run_export(args) -> int:
     run_dir = Path(args.run_dir)
     if not (run_dir / "config.yaml").exists():
         raise ConfigError(f"{run_dir / 'config.yaml'}: not found (is {run_dir} a training run folder?)")
-    run_cfg = read_yaml(run_dir / "config.yaml")
-    model = run_cfg.get("model") if isinstance(run_cfg.get("model"), dict) else {}
     out = check_output(args.out, folder=True, overwrite=args.overwrite,
-                       input_model_dirs=(model.get("path"), run_cfg.get("tokenizer"), run_dir / "checkpoints"))
+                       input_model_dirs=(*_model_folders(read_yaml(run_dir / "config.yaml")), run_dir / "checkpoints"))
     # written beside --out first, then moved in: a failed export leaves --out as it was, and a
     # replaced folder keeps no stale shard, index or config of what it held before
     out.parent.mkdir(parents=True, exist_ok=True)

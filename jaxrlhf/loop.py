@@ -1,27 +1,15 @@
-"""The one training loop every stage uses.
-
-It owns the order of things (epochs, batches, eval cadence, logging, checkpoints) and
-nothing about models or losses: a stage hands it a jitted ``train_step(state, batch)``, a
-way to make batches from a data position, and an ``evaluate(state)``.
-
-Exact resume: a checkpoint stores the state and the data position of the *next* batch
-(epoch, batch index); batches are a pure function of (seed, epoch, index), so a resumed
-run sees the same batches in the same order as an uninterrupted one.
-"""
+"""What the trainer (:mod:`jaxrlhf.trainer`) is configured with and logs through: the supervised
+stages' TrainConfig, the data Position of the next batch, and MetricsLog (TensorBoard, W&B and
+metrics.jsonl)."""
 
 from __future__ import annotations
 
 import dataclasses
 import json
 import logging
-import time
-from collections.abc import Callable, Iterator
 from pathlib import Path
-from typing import Any
 
 import jax
-import numpy as np
-from tqdm.auto import tqdm
 
 from jaxrlhf.steps.common import OptimConfig
 
@@ -153,78 +141,3 @@ class MetricsLog:
 def to_floats(metrics: dict) -> dict[str, float]:
     from jaxrlhf.sharding import to_host
     return {k: float(to_host(v)) for k, v in metrics.items()}
-
-
-def train_loop(*, state: Any, train_step: Callable[[Any, Any], tuple[Any, dict]],
-               batches: Callable[[int, int], Iterator[Any]], steps_per_epoch: int,
-               config: TrainConfig, start: Position, checkpointer=None,
-               evaluate: Callable[[Any], dict[str, float]] | None = None,
-               metrics_log: MetricsLog | None = None, save_meta: Callable[[], dict] | None = None,
-               desc: str = "train") -> tuple[Any, Position, dict[str, float]]:
-    """Run steps from ``start`` to the end of training; returns (state, position, last eval).
-
-    batches(epoch, start_batch) yields device-ready batches of that epoch from start_batch.
-    """
-    total = config.total_steps(steps_per_epoch)
-    position = start
-    last_eval: dict[str, float] = {}
-    nonfinite = 0
-    bar = tqdm(total=total, initial=position.steps, desc=desc, unit="step",
-               disable=jax.process_index() != 0, dynamic_ncols=True)
-
-    def save():
-        if checkpointer is None or checkpointer.latest_step() == position.steps:
-            return
-        meta = {"epoch": position.epoch, "batch": position.batch, "steps": position.steps}
-        meta.update(save_meta() if save_meta else {})
-        checkpointer.save(position.steps, state, meta)
-
-    def run_eval():
-        nonlocal last_eval
-        if evaluate is None:
-            return
-        last_eval = evaluate(state)
-        if metrics_log:
-            metrics_log.write(position.steps, last_eval, "eval")
-        bar.write(f"step {position.steps}: eval " + ", ".join(f"{k} {v:.4g}" for k, v in last_eval.items()))
-
-    window: list[dict] = []
-    started = time.perf_counter()
-    while position.steps < total:
-        for batch in batches(position.epoch, position.batch):
-            state, metrics = train_step(state, batch)
-            position = position.advance(steps_per_epoch)
-            metrics = to_floats(metrics)
-            if metrics.get("skipped", 0.0) > 0:
-                nonfinite += 1
-                log.warning("step %d: non-finite loss or gradient (loss=%s, grad_norm=%s); update "
-                            "skipped (%d in a row)", position.steps, metrics.get("loss"),
-                            metrics.get("grad_norm"), nonfinite)
-                if nonfinite >= config.max_nonfinite_steps:
-                    bar.close()
-                    raise NonFiniteLossError(
-                        f"{nonfinite} consecutive steps with a non-finite loss/gradient at step "
-                        f"{position.steps}; stopping (the last checkpoint holds finite parameters)")
-            else:
-                nonfinite = 0
-            window.append(metrics)
-            bar.update(1)
-            if position.steps % config.log_every == 0 or position.steps == total:
-                mean = {k: float(np.mean([m[k] for m in window])) for k in window[0]}
-                mean["steps_per_second"] = len(window) / max(time.perf_counter() - started, 1e-9)
-                if metrics_log:
-                    metrics_log.write(position.steps, mean, "train")
-                bar.set_postfix({k: f"{mean[k]:.4g}" for k in ("loss", "pair_accuracy") if k in mean})
-                window, started = [], time.perf_counter()
-            if config.eval_every and position.steps % config.eval_every == 0 and position.steps < total:
-                run_eval()
-            if config.save_every and position.steps % config.save_every == 0 and position.steps < total:
-                save()
-            if position.steps >= total:
-                break
-    bar.close()
-    run_eval()
-    save()
-    if checkpointer is not None:
-        checkpointer.wait()
-    return state, position, last_eval

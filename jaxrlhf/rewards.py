@@ -76,7 +76,7 @@ class RewardSource:
     normalize: bool = True  # kind=model: apply the RM's stored gain/bias (eval mean 0, std 1)
     include_eos: bool = True  # kind=model: score with the EOS token, as an RM trained with data.append_eos
     # kind=model: per-token rewards, the change in this RM's score of the answer prefix at each
-    # token (potential-based shaping, see jaxrlhf.steps.ppo.prefix_shaping); needs include_eos false
+    # token (potential-based shaping, see jaxrlhf.steps.rl.prefix_shaping); needs include_eos false
     dense: bool = False
     kwargs: dict = dataclasses.field(default_factory=dict)  # kind=rule: extra arguments
 

@@ -82,18 +82,21 @@ class Trainer:
     """Runs steps from a start position to ``settings.total_steps``.
 
     learning_rate: step -> the learning rate in force (logged with the step metrics).
-    save_meta: extra JSON metadata stored with each checkpoint.
+    save_meta: extra JSON metadata stored with each checkpoint. logging_config: a stage's
+    ``logging:`` section (jaxrlhf.tracking.LoggingConfig: TensorBoard, W&B).
     """
 
     def __init__(self, settings: LoopSettings, *, out: str | Path, checkpointer=None,
                  learning_rate: Callable[[int], float] | None = None,
-                 save_meta: Callable[[], dict] | None = None, wandb=None):
+                 save_meta: Callable[[], dict] | None = None, logging_config=None, run_config: dict | None = None):
         self.settings = settings
         self.out = Path(out)
         self.checkpointer = checkpointer
         self.learning_rate = learning_rate
         self.save_meta = save_meta
-        self.wandb = wandb
+        self.log_options = ({} if logging_config is None else
+                            dict(wandb=logging_config.wandb, tensorboard=logging_config.tensorboard,
+                                 run_config=run_config))
         self.hooks: list[tuple[int, Callable[[StepInfo], None]]] = []
         self.metrics_log: MetricsLog | None = None
         self.last_eval: dict[str, float] = {}
@@ -148,7 +151,7 @@ class Trainer:
             if dropped:
                 log.info("dropped %d metrics.jsonl rows logged after step %d (logged again on resume)",
                          dropped, start.steps)
-        self.metrics_log = MetricsLog(self.out, **({"wandb": self.wandb} if self.wandb else {}))
+        self.metrics_log = MetricsLog(self.out, **self.log_options)
         self._bar = tqdm(total=s.total_steps, initial=start.steps, desc=s.desc, unit=s.unit,
                          disable=jax.process_index() != 0, dynamic_ncols=True)
         position, nonfinite = start, 0

@@ -23,8 +23,7 @@ def _stage_config(module, name):
 RUN_CONFIG_DIRS = {"init": lambda: RunConfig, "rm": _rm_config,
                    "sft": _stage_config("jaxrlhf.stages.sft", "SFTConfig"),
                    "dpo": _stage_config("jaxrlhf.stages.dpo", "DPOConfig"),
-                   "ppo": _stage_config("jaxrlhf.stages.ppo", "PPOConfig"),
-                   "length_control": _stage_config("jaxrlhf.stages.demo", "DemoConfig")}
+                   "ppo": _stage_config("jaxrlhf.stages.rl", "RLConfig")}
 
 
 def all_configs():
@@ -112,7 +111,14 @@ def test_architecture_yaml_is_strict(tmp_path):
         config_from_hf({**hf, "rope_parameters": {"rope_type": "yarn", "factor": 2.0}}, source="x.yaml")
 
 
-def test_demo_yaml_spells_out_the_builtin_defaults():
-    from jaxrlhf.config import to_dict
-    from jaxrlhf.stages.demo import DemoConfig
-    assert to_dict(load_config(DemoConfig, CONFIGS / "length_control" / "demo.yaml")) == to_dict(DemoConfig())
+def test_the_demo_has_one_source_of_defaults():
+    """demo.yaml (shipped in the package) is the demo's only default: the dataclass holds none of
+    its values, and `jaxrlhf data length-control` builds the demo's data by default."""
+    import dataclasses
+
+    from jaxrlhf.tasks.length_control.pipeline import DEMO_DEFAULTS, DemoConfig, DemoDataConfig, load_demo_config
+    with pytest.raises(TypeError):
+        DemoConfig()  # no defaults of its own for data, model, lengths
+    assert all(f.default is dataclasses.MISSING for f in dataclasses.fields(DemoDataConfig))
+    cfg = load_demo_config()
+    assert cfg.data.n_sft == read_yaml(DEMO_DEFAULTS)["data"]["n_sft"]

@@ -10,7 +10,7 @@ import re
 import numpy as np
 import pytest
 
-from jaxrlhf.rewards import TextBatch, get_rule
+from jaxrlhf.rewards import TextBatch, load_rule
 from jaxrlhf.tasks.length_control import (SCORE_LEVELS, TEMPLATES, build_char_tokenizer, build_length_control_data,
                                           chinese_number, chinese_numeral, count_chars, evaluate_predictions,
                                           format_distribution, make_compression, parse_limit, score, split_clauses)
@@ -127,7 +127,7 @@ def _batch(prompts, responses, meta):
 
 
 def test_rule_reward_meta_and_parsed_limits():
-    rule = get_rule("length_control")
+    rule = load_rule("jaxrlhf.tasks.length_control.score:length_control_reward")
     batch = _batch(["请用20字概括：……", "请用20字概括：……", "请概括：……", "no limit here"],
                    ["字" * 20, "字" * 24, "字" * 11, "字" * 5],
                    [{}, {"limit": 30}, {"limit": 10}, {}])
@@ -453,24 +453,24 @@ def test_char_tokenizer_keeps_a_count_before_zi_as_one_token(tmp_path):
 
 
 def test_demo_stage_overrides_refine_the_defaults(tmp_path):
-    from jaxrlhf.config import load_config
-    from jaxrlhf.stages.demo import DemoConfig, stage_configs
-    cfg = load_config(DemoConfig, None, ["ppo.kl.coef=0.2", f"output_dir={tmp_path}"])
+    from jaxrlhf.tasks.length_control.pipeline import load_demo_config, stage_configs
+    cfg = load_demo_config(None, ["ppo.algorithm.kl.coef=0.2", f"output_dir={tmp_path}"])
     data = {name: tmp_path / f"{name}.jsonl" for name in ("sft", "rm", "dpo", "ppo_prompts", "test")}
     ppo = stage_configs(cfg, tmp_path, data)["ppo"]
-    assert ppo.kl.coef == 0.2
-    assert ppo.train.iterations == DemoConfig().ppo["train"]["iterations"]  # not the stage's own default
-    assert ppo.rollout.max_new_tokens == DemoConfig().ppo["rollout"]["max_new_tokens"]
+    assert ppo.algorithm.kl.coef == 0.2
+    defaults = load_demo_config()
+    assert ppo.train.iterations == defaults.ppo["train"]["iterations"]  # not the stage's own default
+    assert ppo.rollout.max_new_tokens == defaults.ppo["rollout"]["max_new_tokens"]
+    assert ppo.algorithm.advantage == defaults.ppo["algorithm"]["advantage"]
 
 
 def test_demo_reward_model_reads_where_ppo_scores(tmp_path):
     """The demo's RM is trained without EOS (read at the last answer token) and PPO's reward
     source scores rollouts the same way; turning append_eos back on turns include_eos on."""
-    from jaxrlhf.config import load_config
-    from jaxrlhf.stages.demo import DemoConfig, stage_configs
+    from jaxrlhf.tasks.length_control.pipeline import load_demo_config, stage_configs
     data = {name: tmp_path / f"{name}.jsonl" for name in ("sft", "rm", "dpo", "ppo_prompts", "test")}
     for overrides, expected in (([], False), (["rm.data.append_eos=true"], True)):
-        configs = stage_configs(load_config(DemoConfig, None, [f"output_dir={tmp_path}", *overrides]),
+        configs = stage_configs(load_demo_config(None, [f"output_dir={tmp_path}", *overrides]),
                                 tmp_path, data)
         assert configs["rm"].data.append_eos is expected
         assert [r.include_eos for r in configs["ppo"].rewards] == [expected]

@@ -74,12 +74,11 @@ def test_rank_policy_answers_ranks_by_closeness_and_counts_what_it_drops(tmp_pat
 
 
 def test_demo_reward_model_trains_on_both_files(tmp_path):
-    from jaxrlhf.config import load_config
     from jaxrlhf.data import load_preference_data
-    from jaxrlhf.stages.demo import DemoConfig, policy_rm_file, stage_configs
+    from jaxrlhf.tasks.length_control.pipeline import load_demo_config, policy_rm_file, stage_configs
 
     names = ("sft", "rm", "dpo", "ppo_prompts", "test")
-    cfg = load_config(DemoConfig, None, [f"output_dir={tmp_path}"])
+    cfg = load_demo_config(None, [f"output_dir={tmp_path}"])
     data = {name: tmp_path / f"{name}.jsonl" for name in names}
     assert stage_configs(cfg, tmp_path, data)["rm"].data.train_files == (str(data["rm"]),)
     data["rm_policy_prompts"] = tmp_path / "rm_policy_prompts.jsonl"

@@ -18,7 +18,7 @@ import numpy as np
 from flax import nnx
 from jax.sharding import Mesh
 
-from jaxrlhf.config import ConfigError, save_config
+from jaxrlhf.config import ConfigError, save_config, to_dict
 from jaxrlhf.loop import Position, TrainConfig
 from jaxrlhf.sharding import put_global, to_host
 
@@ -362,7 +362,7 @@ def run_supervised(cfg, stage: SupervisedStage, *, resume: bool = False) -> dict
     step, batch_sh = jit_train_step(parts.step, state_shardings=shardings, example_batch=example, mesh=mesh,
                                     frozen=parts.frozen, frozen_shardings=parts.frozen_shardings)
     trainer = Trainer(loop_settings(cfg.train, steps_per_epoch, stage.name, stage.postfix), out=out,
-                      checkpointer=checkpointer,
+                      checkpointer=checkpointer, logging_config=cfg.logging, run_config=to_dict(cfg),
                       learning_rate=functools.partial(_float_schedule, learning_rate_schedule(cfg.train.optim, total)))
     result = trainer.fit(state, step, train_batches(parts.train, cfg.train, seed=cfg.seed, batch_sh=batch_sh),
                          start, evaluate=parts.evaluate if parts.eval_data is not None else None)

@@ -19,6 +19,7 @@ from flax import nnx
 from jaxrlhf.config import ModelConfig
 from jaxrlhf.loop import TrainConfig
 from jaxrlhf.sharding import MeshConfig
+from jaxrlhf.tracking import LoggingConfig
 from jaxrlhf.stages.common import StageDataConfig, SupervisedStage, load_train_eval
 
 log = logging.getLogger(__name__)
@@ -61,6 +62,7 @@ class DPOConfig:
     mesh: MeshConfig = MeshConfig()
     data: DPODataConfig = DPODataConfig()
     train: TrainConfig = TrainConfig()
+    logging: LoggingConfig = LoggingConfig()  # TensorBoard (default) and W&B
     loss: DPOLossConfig = DPOLossConfig()
 
     def __post_init__(self):

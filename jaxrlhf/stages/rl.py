@@ -15,7 +15,6 @@ import functools
 import json
 import logging
 import time
-from pathlib import Path
 
 import jax
 import jax.numpy as jnp
@@ -24,11 +23,12 @@ from flax import nnx
 from jax.sharding import NamedSharding, PartitionSpec as P
 
 from jaxrlhf.algorithms import AlgorithmConfig
-from jaxrlhf.config import ConfigError, ModelConfig
+from jaxrlhf.config import ConfigError, ModelConfig, to_dict
 from jaxrlhf.generate import SamplingConfig
 from jaxrlhf.rewards import RewardSource
 from jaxrlhf.sharding import MeshConfig, put_global, to_host
 from jaxrlhf.steps.common import OptimConfig
+from jaxrlhf.tracking import LoggingConfig
 
 log = logging.getLogger(__name__)
 
@@ -104,6 +104,7 @@ class RLConfig:
     algorithm: AlgorithmConfig = AlgorithmConfig()
     train: RLTrainConfig = RLTrainConfig()
     rewards: tuple[RewardSource, ...] = ()
+    logging: LoggingConfig = LoggingConfig()  # TensorBoard (default) and W&B
 
     def __post_init__(self):
         if not self.model.path:
@@ -450,12 +451,15 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, stage: str = "ppo") -> dict:
     from jaxrlhf.stages.ppo_scoring import Scorer
     from jaxrlhf.stages.rl_plots import plot_curves
     from jaxrlhf.steps.common import learning_rate_schedule, make_optimizer
+    from jaxrlhf.tokenizer_check import check_stage_tokenizer
     from jaxrlhf.trainer import LoopSettings, Trainer
 
     resolve_rules(cfg.rewards)  # a missing rule function is a one-line error before any model loads
     out, checkpointer = prepare_run_dir(cfg, resume=resume, stage=stage)
     mesh = make_mesh(cfg.mesh)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
+    check_stage_tokenizer(tokenizer, cfg.model, cfg.tokenizer or cfg.model.path,
+                          extra_models=[cfg.reference_path, cfg.critic_path])
     if tokenizer.eos_token_id is None:
         raise ConfigError("the tokenizer has no EOS token: RL needs one to end answers")
     examples, prompts, eval_prompts, reports = load_rl_prompts(cfg, tokenizer)
@@ -496,7 +500,8 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, stage: str = "ppo") -> dict:
                             log_every=cfg.train.log_every, eval_every=cfg.train.eval_every,
                             save_every=cfg.train.save_every, max_nonfinite_steps=cfg.train.max_nonfinite_steps,
                             desc=stage, unit="it", prefix=stage, postfix=("score", "kl"))
-    trainer = Trainer(settings, out=out, checkpointer=checkpointer,
+    trainer = Trainer(settings, out=out, checkpointer=checkpointer, logging_config=cfg.logging,
+                      run_config=to_dict(cfg),
                       learning_rate=lambda it: float(schedule(it * algo.epochs * algo.minibatches)))
     eval_batch = cfg.train.eval_batch_size or per_iteration
     evaluate = (None if eval_prompts is None or len(eval_prompts) == 0 else

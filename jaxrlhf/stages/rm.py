@@ -18,6 +18,7 @@ import numpy as np
 from jaxrlhf.config import ModelConfig
 from jaxrlhf.loop import TrainConfig
 from jaxrlhf.sharding import MeshConfig
+from jaxrlhf.tracking import LoggingConfig
 from jaxrlhf.stages.common import StageDataConfig, SupervisedStage, load_train_eval
 
 log = logging.getLogger(__name__)
@@ -48,6 +49,7 @@ class RMConfig:
     mesh: MeshConfig = MeshConfig()
     data: RMDataConfig = RMDataConfig()
     train: TrainConfig = TrainConfig()
+    logging: LoggingConfig = LoggingConfig()  # TensorBoard (default) and W&B
     loss: RMLossConfig = RMLossConfig()
 
     def __post_init__(self):

@@ -17,6 +17,7 @@ import jax
 from jaxrlhf.config import ModelConfig
 from jaxrlhf.loop import TrainConfig
 from jaxrlhf.sharding import MeshConfig
+from jaxrlhf.tracking import LoggingConfig
 from jaxrlhf.stages.common import StageDataConfig, SupervisedStage, load_train_eval
 
 log = logging.getLogger(__name__)
@@ -38,6 +39,7 @@ class SFTConfig:
     mesh: MeshConfig = MeshConfig()
     data: SFTDataConfig = SFTDataConfig()
     train: TrainConfig = TrainConfig()
+    logging: LoggingConfig = LoggingConfig()  # TensorBoard (default) and W&B
 
     def __post_init__(self):
         if not self.model.path and not self.model.arch:
