@@ -105,3 +105,11 @@ def test_export_never_turns_the_base_model_into_a_reward_model(tmp_path, capsys)
     assert json.loads((base / "config.json").read_text())["num_labels"] == 1
     assert main(["export", run, "--out", str(foreign), "--overwrite"]) == 0
     assert (foreign / "notes.txt").read_text() == "mine"
+
+
+def test_export_knows_every_model_folder_of_a_run_config():
+    from jaxrlhf.cli import _model_folders
+    config = {"model": {"path": "sft", "arch": None}, "tokenizer": "tok", "reference_path": "ref",
+              "critic_path": None, "rewards": [{"kind": "model", "path": "rm"}, {"kind": "rule", "function": "m:f"}],
+              "data": {"prompt_files": ["p.jsonl"]}}
+    assert sorted(_model_folders(config)) == ["ref", "rm", "sft", "tok"]
