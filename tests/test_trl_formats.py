@@ -8,7 +8,8 @@ import pytest
 
 from char_tokenizers import BOS, CHAT, char_tokenizer
 from jaxrlhf.data import DataError, load_preference_data, load_sft_data
-from jaxrlhf.data.formats import load_unpaired_preference, row_format
+from jaxrlhf.data.formats import row_format
+from jaxrlhf.data.unpaired import load_unpaired_preference
 from jaxrlhf.data.prompts import load_prompts, tokenize_prompts
 
 

@@ -22,8 +22,6 @@ would otherwise train on the rejected completions too).
 
 from __future__ import annotations
 
-import dataclasses
-import os
 from typing import Any
 
 UNPAIRED_PREFERENCE = "unpaired preference"
@@ -61,38 +59,8 @@ def is_unpaired_preference(row: Any) -> bool:
     return row_format(row).endswith(UNPAIRED_PREFERENCE)
 
 
-def unpaired_error(where: str, stage: str, needs: str):
-    """The one-line error a stage loader raises at an unpaired preference row."""
-    from jaxrlhf.data.preference import DataError  # preference.py imports this module
-
-    return DataError(f"{where}: unpaired preference row (trl's prompt/completion/label format, as KTO "
-                     f"uses): {stage} cannot train on it; it needs {needs}. "
-                     "Load it with jaxrlhf.data.formats.load_unpaired_preference")
-
-
-@dataclasses.dataclass(frozen=True)
-class UnpairedExample:
-    prompt: str  # text given to the tokenizer as the prompt (chat template applied if conversational)
-    completion: str
-    label: bool  # True: a desirable completion
-    source: str
-    line: int
-
-
-def load_unpaired_preference(paths: str | os.PathLike | list, *, tokenizer=None, strict: bool = False):
-    """``(examples, report)`` of trl's unpaired preference rows, standard or conversational,
-    cleaned like the other loaders (conversational rows render as SFT's prompt-completion rows)."""
-    from jaxrlhf.data.preference import _Bad, _type, clean_rows
-    from jaxrlhf.data.sft import _parse_sft_row
-
-    def parse(row, path, line):
-        if not isinstance(row, dict):
-            raise _Bad("not an object", None, f"got {_type(row)}")
-        label = row.get("label")
-        if not isinstance(label, bool):
-            raise _Bad("non-numeric score", "label", f"expected true or false, got {label!r}")
-        pair = {"prompt": row.get("prompt"), "completion": row.get("completion")}
-        prompt, completion = _parse_sft_row(pair, tokenizer, f"{path}:{line}")
-        return UnpairedExample(prompt, completion, label, path, line)
-
-    return clean_rows(paths, parse, strict=strict, what="unpaired preference data")
+def unpaired_message(where: str, stage: str, needs: str) -> str:
+    """The one-line error a stage loader gives at an unpaired preference row."""
+    return (f"{where}: unpaired preference row (trl's prompt/completion/label format, as KTO "
+            f"uses): {stage} cannot train on it; it needs {needs}. "
+            "Load it with jaxrlhf.data.unpaired.load_unpaired_preference")

@@ -35,7 +35,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from jaxrlhf.data.formats import is_unpaired_preference, unpaired_error
+from jaxrlhf.data.formats import is_unpaired_preference, unpaired_message
 
 T = TypeVar("T")
 
@@ -478,8 +478,8 @@ def _parse_row(row: Any, tokenizer, where: str) -> Parsed:
         raise _Bad("not an object", None, f"got {_type(row)}")
     present = {k for k, v in row.items() if v is not None}
     if is_unpaired_preference(row):
-        raise unpaired_error(where, "a preference stage (reward model, DPO)",
-                             "chosen + rejected or ranked response + score rows")
+        raise DataError(unpaired_message(where, "a preference stage (reward model, DPO)",
+                             "chosen + rejected or ranked response + score rows"))
     ranked_fields = sorted(present & {*_RESPONSE_KEYS, *_SCORE_KEYS})
     if present & {"chosen", "rejected"}:
         if ranked_fields:  # which one the author meant is unknowable; reading one drops the other

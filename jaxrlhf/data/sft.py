@@ -28,7 +28,7 @@ import numpy as np
 
 from jaxrlhf.data.preference import (CleanReport, DataError, _Bad, _render_turns, _first_present, _messages,
                                      _is_messages, _prompt_text, _response_text, _type, clean_rows)
-from jaxrlhf.data.formats import is_unpaired_preference, unpaired_error
+from jaxrlhf.data.formats import is_unpaired_preference, unpaired_message
 from jaxrlhf.data.tokenize import layout_sequences
 
 # Every reason an SFT row can be skipped for; the preference reasons that fit, plus one.
@@ -126,7 +126,7 @@ def _parse_sft_row(row: Any, tokenizer, where: str) -> tuple[str, str]:
         raise _Skip("not an object", None, f"got {_type(row)}")
     present = {k for k, v in row.items() if v is not None}
     if is_unpaired_preference(row):
-        raise unpaired_error(where, "SFT", "prompt + completion, messages or text rows")
+        raise DataError(unpaired_message(where, "SFT", "prompt + completion, messages or text rows"))
     if "messages" in present:
         return _conversation(row, tokenizer, where)
     if any(_is_messages(row.get(k)) for k in ("prompt", *_RESPONSE_KEYS)):
