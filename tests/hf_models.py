@@ -91,3 +91,22 @@ def tiny_gemma3_config(**overrides) -> transformers.Gemma3TextConfig:
                   attn_implementation="eager")
     kwargs.update(overrides)
     return transformers.Gemma3TextConfig(**kwargs)
+
+
+def build_hf_gemma3_image_text_model(folder, seed: int = 0, **text_overrides):
+    """A tiny ``Gemma3ForConditionalGeneration`` (SigLIP vision tower + the tiny Gemma 3 text
+    tower), norms perturbed, saved as safetensors; returns the eval-mode torch model."""
+    text = tiny_gemma3_config(**text_overrides)
+    vision = transformers.SiglipVisionConfig(hidden_size=32, intermediate_size=37, num_hidden_layers=1,
+                                             num_attention_heads=2, image_size=28, patch_size=14)
+    config = transformers.Gemma3Config(text_config=text.to_dict(), vision_config=vision.to_dict(),
+                                       mm_tokens_per_image=4, image_token_index=VOCAB - 1,
+                                       boi_token_index=VOCAB - 3, eoi_token_index=VOCAB - 2)
+    torch.manual_seed(seed)
+    model = transformers.Gemma3ForConditionalGeneration(config).eval()
+    with torch.no_grad():
+        for name, p in model.named_parameters():
+            if "norm" in name:
+                p.add_(0.1 * torch.randn_like(p))
+    model.save_pretrained(folder)
+    return model

@@ -210,3 +210,18 @@ def test_gemma3_remat_and_bf16(tmp_path):
     assert out.hidden.dtype == np.dtype("bfloat16") and out.logits.dtype == np.float32
     err = max_err_on_valid(out.logits, torch_logits(hf_model, ids, mask), mask)
     assert 0 < err < 0.1  # bf16 activations: close to the float32 reference, not equal to it
+
+
+def test_gemma3_image_text_folder_loads_its_text_tower(tmp_path):
+    from hf_models import build_hf_gemma3_image_text_model
+    hf_model = build_hf_gemma3_image_text_model(tmp_path / "hf")
+    ids, mask = left_padded_batch(lengths=LENGTHS, total=T, vocab=90)  # no image tokens
+    ref = torch_logits(hf_model, ids, mask)
+    model = from_pretrained(tmp_path / "hf")
+    assert model.config.model_type == "gemma3_text" and model.config.sliding_window == 8
+    assert max_err_on_valid(model(ids, mask).logits, ref, mask) < TOL
+    # exported as a text-only gemma3_text folder with the same text-tower weights
+    save_pretrained(model, tmp_path / "export")
+    text_only = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "export").eval()
+    assert type(text_only).__name__ == "Gemma3ForCausalLM"
+    assert max_err_on_valid(torch_logits(text_only, ids, mask), ref, mask) < TOL

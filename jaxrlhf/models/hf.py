@@ -179,6 +179,39 @@ def gpt2_tensor_maps(config) -> list[TensorMap]:
 TENSOR_MAPS = {"llama": llama_tensor_maps, "qwen2": llama_tensor_maps, "qwen3": llama_tensor_maps,
                "gemma3_text": gemma3_tensor_maps, "gpt2": gpt2_tensor_maps}
 
+# Image-text folders whose text tower we load: model_type -> (text model_type, prefix of the
+# tower's weights as saved files name them, prefixes of the weights left out). transformers
+# 5 keeps ``model.language_model.*`` in memory but saves ``language_model.model.*`` (the hub's
+# layout); both are read (PREFIX_ALIASES).
+TEXT_TOWERS = {"gemma3": ("gemma3_text", "language_model.model.",
+                          ("vision_tower.", "multi_modal_projector.", "model.vision_tower.",
+                           "model.multi_modal_projector."))}
+PREFIX_ALIASES = {"language_model.model.": "model.language_model."}
+
+
+def text_tower_config(hf: dict) -> dict:
+    """The text tower's config of an image-text folder (``gemma3``); other configs as they are."""
+    if hf.get("model_type") not in TEXT_TOWERS:
+        return hf
+    text = dict(hf.get("text_config") or {})
+    text["model_type"] = TEXT_TOWERS[hf["model_type"]][0]
+    for key in ("bos_token_id", "eos_token_id", "pad_token_id", "tie_word_embeddings"):
+        if key in hf and key not in text:
+            text[key] = hf[key]
+    return text
+
+
+def text_tower_maps(hf: dict, maps: list[TensorMap]) -> tuple[list[TensorMap], tuple[str, ...]]:
+    """Maps renamed to where an image-text folder keeps its text tower, and the prefixes of
+    the tensors to leave out; unchanged for a text-only folder."""
+    if hf.get("model_type") not in TEXT_TOWERS:
+        return maps, ()
+    _, prefix, left_out = TEXT_TOWERS[hf["model_type"]]
+    renamed = [dataclasses.replace(tm, hf_key=prefix + tm.hf_key[len("model."):])
+               if tm.hf_key.startswith("model.") else tm for tm in maps]
+    return renamed, left_out
+
+
 # Buffers some checkpoints carry that are not parameters (recomputed by every port).
 IGNORED_KEYS = re.compile(r"(rotary_emb\.inv_freq|\.attn\.bias|\.attn\.masked_bias)$")
 # Key prefixes that checkpoints of the bare backbone lack (``wte.weight`` for ``transformer.wte.weight``).
@@ -249,6 +282,8 @@ def resolve_keys(folder: SafetensorsFolder, maps: list[TensorMap]) -> dict[str, 
     resolved = {}
     for tm in maps:
         candidates = [tm.hf_key] + [tm.hf_key[len(p):] for p in OPTIONAL_PREFIXES if tm.hf_key.startswith(p)]
+        candidates += [alias + tm.hf_key[len(p):] for p, alias in PREFIX_ALIASES.items()
+                       if tm.hf_key.startswith(p)]
         found = next((c for c in candidates if c in present), None)
         if found is None:
             raise CheckpointError(f"{folder.where(tm.hf_key)}: missing tensor {tm.hf_key!r}")
@@ -261,8 +296,9 @@ def resolve_keys(folder: SafetensorsFolder, maps: list[TensorMap]) -> dict[str, 
 
 
 def check_all_used(folder: SafetensorsFolder, used: Iterable[str], *, tied: bool,
-                   ignore: Iterable[str] = ()) -> None:
-    unused = sorted(set(folder.shapes) - set(used) - set(ignore))
+                   ignore: Iterable[str] = (), ignore_prefixes: tuple[str, ...] = ()) -> None:
+    unused = sorted(k for k in set(folder.shapes) - set(used) - set(ignore)
+                    if not k.startswith(ignore_prefixes))
     unused = [k for k in unused if not IGNORED_KEYS.search(k)
               and not (tied and k == "lm_head.weight")]  # a tied head may be stored redundantly
     if unused:
@@ -272,14 +308,15 @@ def check_all_used(folder: SafetensorsFolder, used: Iterable[str], *, tied: bool
 
 
 def iter_hf_tensors(folder: str | os.PathLike, maps: list[TensorMap], *, tied: bool,
-                    ignore: Iterable[str] = ()):
+                    ignore: Iterable[str] = (), ignore_prefixes: tuple[str, ...] = ()):
     """Yield ``(TensorMap, hf_array)`` for every map, after checking names and shapes.
 
-    ``ignore``: tensors that may be present and go unused (an LM head under a reward model).
+    ``ignore``: tensors that may be present and go unused (an LM head under a reward model);
+    ``ignore_prefixes``: whole sub-models left out (the vision tower of an image-text folder).
     """
     files = SafetensorsFolder(folder)
     resolved = resolve_keys(files, maps)
-    check_all_used(files, resolved.values(), tied=tied, ignore=ignore)
+    check_all_used(files, resolved.values(), tied=tied, ignore=ignore, ignore_prefixes=ignore_prefixes)
     for tm in maps:
         yield tm, files.read(resolved[tm.hf_key])
 

@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx
+from safetensors.numpy import save_file
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
@@ -23,8 +24,9 @@ from jaxrlhf.models.base import ArchConfig, CausalLM, as_dtype
 from jaxrlhf.models.gemma3 import Gemma3Config, Gemma3ForCausalLM
 from jaxrlhf.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxrlhf.models.heads import ScalarHeadModel
+from jaxrlhf.models import reward_head
 from jaxrlhf.models.hf import (TENSOR_MAPS, CheckpointError, TensorMap, iter_hf_tensors,
-                               write_safetensors)
+                               text_tower_config, text_tower_maps, write_safetensors)
 from jaxrlhf.models.llama import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen3Config
 from jaxrlhf.sharding import MeshConfig, create_sharded, make_mesh, state_shardings
 
@@ -40,10 +42,11 @@ SEQ_CLS_SUFFIX = "ForSequenceClassification"
 # where the reward model's class name is not the causal LM's with the suffix swapped
 # (Gemma3ForSequenceClassification is the multimodal model's)
 SEQ_CLS_PREFIX = {"gemma3_text": "Gemma3Text"}
-NORMALIZATION_KEY = "jaxrlhf_reward_normalization"  # [gain, bias] in a reward model's config.json
 
 
 def config_from_hf(hf: dict, *, strict: bool = False, source: str = "config") -> ArchConfig:
+    """Our config for an HF config dict (an image-text ``gemma3`` config gives its text tower's)."""
+    hf = text_tower_config(hf)
     model_type = hf.get("model_type")
     if model_type not in ARCHITECTURES:
         raise CheckpointError(f"{source}: unknown architecture model_type={model_type!r} "
@@ -119,7 +122,7 @@ def score_map(hidden_size: int) -> TensorMap:
 
 def _load(path, factory: Callable[[], nnx.Module], maps: list[TensorMap], *, mesh: Mesh | None,
           tied: bool, ignore: set[str] = frozenset(), progress: bool = False,
-          keep_initialised: bool = False) -> nnx.Module:
+          keep_initialised: bool = False, ignore_prefixes: tuple[str, ...] = ()) -> nnx.Module:
     """Fill the parameters of ``factory()``'s module from an HF folder, shard by shard.
 
     ``keep_initialised``: parameters no map covers keep their (sharded) random init, e.g. a
@@ -134,7 +137,7 @@ def _load(path, factory: Callable[[], nnx.Module], maps: list[TensorMap], *, mes
     shardings = dict(nnx.to_flat_state(state_shardings(state, mesh)))
     variables = dict(nnx.to_flat_state(state))
     loaded = set()
-    tensors = iter_hf_tensors(path, maps, tied=tied, ignore=ignore)
+    tensors = iter_hf_tensors(path, maps, tied=tied, ignore=ignore, ignore_prefixes=ignore_prefixes)
     for tm, hf_array in tqdm(tensors, total=len(maps), desc=f"loading {Path(path).name}",
                              unit="tensor", disable=not progress):
         for p, array in zip(tm.paths, tm.to_ours(hf_array)):
@@ -156,12 +159,15 @@ def from_pretrained(path: str | os.PathLike, *, dtype="float32", param_dtype="fl
     """Load a local HF causal-LM folder into our port of its architecture.
 
     Raises :class:`CheckpointError` naming the file and key for a missing tensor, an
-    unexpected tensor, a wrong shape or an unknown architecture.
+    unexpected tensor, a wrong shape or an unknown architecture. An image-text ``gemma3``
+    folder loads its text tower (the vision tower is left out).
     """
-    config = read_config(path)
+    hf = read_hf_config(path)
+    config = config_from_hf(hf, source=str(Path(path) / "config.json"))
     factory = _backbone_factory(config, dtype=dtype, param_dtype=as_dtype(param_dtype), remat=remat, seed=0)
-    return _load(path, factory, TENSOR_MAPS[config.model_type](config), mesh=mesh,
-                 tied=config.tie_word_embeddings, progress=progress)
+    maps, left_out = text_tower_maps(hf, TENSOR_MAPS[config.model_type](config))
+    return _load(path, factory, maps, mesh=mesh, tied=config.tie_word_embeddings, progress=progress,
+                 ignore_prefixes=left_out)
 
 
 def reward_model_from_pretrained(path: str | os.PathLike, *, dtype="float32", param_dtype="float32",
@@ -187,8 +193,17 @@ def reward_model_from_pretrained(path: str | os.PathLike, *, dtype="float32", pa
                               seed=seed, zero_init=zero_init)
     model = _load(path, factory, maps, mesh=mesh, tied=config.tie_word_embeddings,
                   ignore={"lm_head.weight"}, progress=progress, keep_initialised=True)
-    if is_seq_cls and NORMALIZATION_KEY in hf:
-        model.normalization.set_value(jax.numpy.asarray(hf[NORMALIZATION_KEY], jax.numpy.float32))
+    if is_seq_cls:  # our export holds the gain folded into score.weight: back to the raw head
+        from jaxrlhf.models.hf import SafetensorsFolder
+        try:
+            raw, normalization = reward_head.read_head(path, hf, SafetensorsFolder(path).read("score.weight"))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        score = model.score.get_value()
+        host = raw.astype(score.dtype)
+        model.score.set_value(jax.make_array_from_callback(host.shape, score.sharding, lambda idx: host[idx]))
+        model.normalization.set_value(jax.numpy.asarray(normalization))
+        model.append_eos = (hf.get(reward_head.LAYOUT_KEY) or {}).get("append_eos")
     return model
 
 
@@ -204,8 +219,9 @@ def save_pretrained(model: CausalLM | ScalarHeadModel, path: str | os.PathLike, 
     """Write ``model`` as an HF folder (config.json + safetensors [+ tokenizer]).
 
     A causal LM is written for ``AutoModelForCausalLM``; a reward model for
-    ``AutoModelForSequenceClassification`` (num_labels=1, its reward normalisation kept in
-    config.json). ``dtype`` (e.g. ``"bfloat16"``) converts weights on the way out. Only
+    ``AutoModelForSequenceClassification`` (num_labels=1; the normalisation gain folded into
+    ``score.weight``, gain and bias in config.json, the raw head in ``reward_head.HEAD_FILE``:
+    see :mod:`jaxrlhf.models.reward_head`). ``dtype`` (e.g. ``"bfloat16"``) converts weights on the way out. Only
     process 0 writes in a multi-host run.
     """
     path = Path(path)
@@ -219,11 +235,18 @@ def save_pretrained(model: CausalLM | ScalarHeadModel, path: str | os.PathLike, 
         arch = SEQ_CLS_PREFIX.get(config.model_type, arch)
         hf_config.update(architectures=[arch + SEQ_CLS_SUFFIX], num_labels=1,
                          id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
-        hf_config[NORMALIZATION_KEY] = [float(x) for x in np.asarray(model.normalization.get_value())]
     tensors = {}
     for tm in maps:
         hf = tm.to_hf(*(_host_value(flat[p].get_value()) for p in tm.paths))
         tensors[tm.hf_key] = hf.astype(as_dtype(dtype)) if dtype is not None else hf
+    head = None
+    if isinstance(model, ScalarHeadModel):  # the gain folded into score.weight, the raw head kept beside it
+        score = tensors["score.weight"]
+        tensors["score.weight"], entries, head = reward_head.export_head(
+            _host_value(model.score.get_value()), _host_value(model.normalization.get_value()), score.dtype)
+        hf_config.update(entries)
+        if model.append_eos is not None:
+            hf_config[reward_head.LAYOUT_KEY] = {"append_eos": bool(model.append_eos)}
     if jax.process_index() == 0:
         path.mkdir(parents=True, exist_ok=True)
         hf_config["dtype"] = str(np.dtype(next(iter(tensors.values())).dtype))
@@ -231,6 +254,8 @@ def save_pretrained(model: CausalLM | ScalarHeadModel, path: str | os.PathLike, 
             hf_config["pad_token_id"] = tokenizer.pad_token_id
         (path / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
         write_safetensors(tensors, path, max_shard_bytes=max_shard_bytes)
+        if head is not None:
+            save_file(head, path / reward_head.HEAD_FILE, metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
     return path
