@@ -65,6 +65,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
         norm = json.loads(results.read_text()).get("reward_normalization")
         if norm:
             model.normalization.set_value(jnp.asarray([norm["gain"], norm["bias"]], jnp.float32))
+    if stage == "rm":
+        model.append_eos = cfg.data.append_eos
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
     check_stage_tokenizer(tokenizer, cfg.model, cfg.tokenizer or cfg.model.path)
     checkpointer.close()
@@ -76,7 +78,10 @@ def restore_state(checkpointer, abstract, step: int | None, where: Path):
     from jaxrlhf.models import CheckpointError
 
     if step is None:
-        return checkpointer.restore_latest(abstract)[1]
+        restored = checkpointer.restore_latest(abstract)
+        if restored is None:
+            raise ConfigError(f"{where}: no checkpoint to export (has the run saved one yet?)")
+        return restored[1]
     try:
         return checkpointer.restore(step, abstract)[0]
     except Exception as e:  # the step asked for is damaged: no fallback to another one
