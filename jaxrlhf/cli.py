@@ -38,6 +38,7 @@ commands available in this version:
   grpo, dr_grpo, rloo, reinforce_pp
                the same RL learner with another advantage estimator (presets)
   generate     generate responses for a file of prompts (KV-cache sampler)
+  score        score (prompt, answer) rows with a reward model, as training and PPO do
   plan         per-device memory of the RM step and PPO iteration (ahead-of-time compile)
   export       write a training run's checkpoint as a transformers folder
   init-model   create a randomly initialised model (sharded on the mesh) and save it
@@ -371,6 +372,46 @@ def run_generate(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- score
+
+
+def add_score(sub) -> None:
+    p = sub.add_parser(
+        "score", help="score (prompt, answer) rows with a reward model, as training and PPO do",
+        description="Score every row of a file with a reward model folder, laid out as RM training and PPO "
+                    "lay out sequences (the prompt with the tokenizer's special tokens, the answer, EOS when "
+                    "the RM was trained with it, the reward read at the last token). Rows: 'prompt' (or "
+                    "'messages' / a conversational prompt, rendered with the chat template) and the answer "
+                    "as 'completion', 'response' or 'answer'. Writes JSONL with each row's fields plus "
+                    "'reward' (normalised: gain * raw + bias, what PPO pays) and 'raw_reward'.",
+        epilog="example: jaxrlhf score runs/rm/final --data answers.jsonl --out scored.jsonl")
+    p.add_argument("model", metavar="MODEL_DIR", help="reward model folder (jaxrlhf rm's final/ or an export)")
+    p.add_argument("--data", required=True, metavar="FILE", help="JSONL/JSON/parquet rows to score")
+    p.add_argument("--out", required=True, metavar="FILE", help="JSONL to write")
+    p.add_argument("--append-eos", choices=["auto", "true", "false"], default="auto",
+                   help="end each answer with EOS (auto: as the reward model was trained, else true)")
+    p.add_argument("--batch-size", type=int, default=16)
+    p.add_argument("--dtype", default="float32", choices=["float32", "bfloat16", "float16"])
+    p.add_argument("--overwrite", action="store_true",
+                   help="write --out even if it is an input of this command or lies in the model folder")
+    p.set_defaults(run=run_score)
+
+
+def run_score(args) -> int:
+    from jaxrlhf.config import ConfigError
+    from jaxrlhf.paths import check_output
+    from jaxrlhf.scoring import score_file
+
+    if args.batch_size < 1:
+        raise ConfigError(f"--batch-size must be >= 1, got {args.batch_size}")
+    check_output(args.out, inputs=(args.data,), input_model_dirs=(args.model,), overwrite=args.overwrite)
+    append_eos = {"auto": None, "true": True, "false": False}[args.append_eos]
+    stats = score_file(args.model, args.data, args.out, append_eos=append_eos, batch_size=args.batch_size,
+                       dtype=args.dtype)
+    print(f"scored {stats['rows']} rows to {args.out} (mean reward {stats['mean_reward']:.4g})")
+    return 0
+
+
 # --------------------------------------------------------------------------- plan
 
 
@@ -487,7 +528,7 @@ def run_config(args) -> int:
     return 0
 
 
-COMMANDS = (*(_stage_adder(name) for name in STAGES), add_generate, add_export, add_plan, add_init_model,
+COMMANDS = (*(_stage_adder(name) for name in STAGES), add_generate, add_score, add_export, add_plan, add_init_model,
             add_inspect, add_config)
 
 

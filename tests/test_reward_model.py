@@ -50,7 +50,9 @@ def test_export_scores_the_same_in_transformers(config, tmp_path):
     with torch.no_grad():
         ref = theirs(input_ids=torch.from_numpy(ids).long(),
                      attention_mask=torch.from_numpy(mask).long()).logits[:, 0].numpy()
-    np.testing.assert_allclose(ours, ref, atol=1e-4)
+    # the gain is folded into score.weight (transformers' head has no bias: it is in config.json)
+    np.testing.assert_allclose(2.0 * ours, ref, atol=1e-4)
+    assert hf_config["reward_normalization"] == {"gain": 2.0, "bias": -0.5}
 
     again = reward_model_from_pretrained(out)
     np.testing.assert_allclose(np.asarray(again(ids, mask)), ours, atol=1e-6)

@@ -116,7 +116,9 @@ def test_export_scores_the_same_in_transformers(model_dir, tmp_path):
     with torch.no_grad():
         ref = theirs(input_ids=torch.from_numpy(batch["input_ids"]).long(),
                      attention_mask=torch.from_numpy(batch["attention_mask"]).long()).logits[:, 0].numpy()
-    np.testing.assert_allclose(np.asarray(ours(batch["input_ids"], batch["attention_mask"])), ref, atol=1e-4)
+    # transformers outputs gain * raw (the gain is folded into score.weight; its head has no bias)
+    gain = float(np.asarray(ours.normalization.get_value())[0])
+    np.testing.assert_allclose(gain * np.asarray(ours(batch["input_ids"], batch["attention_mask"])), ref, atol=1e-4)
     # the latest checkpoint is the run's final model
     latest, final = load_file(tmp_path / "latest" / "model.safetensors"), _final_params(tmp_path / "run")
     for key in final:

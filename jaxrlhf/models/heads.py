@@ -39,6 +39,9 @@ class ScalarHeadModel(nnx.Module):
                 else jax.nn.initializers.normal(stddev=1.0 / (e + 1) ** 0.5))
         self.score = nnx.Param(init(rngs.params(), (e,), jnp.float32), logical_axes=("embed",))
         self.normalization = RewardNormalization(jnp.array([1.0, 0.0], jnp.float32))
+        # whether training appended EOS to each answer (the reward is read there); None: unknown.
+        # Exported in config.json so that scoring lays sequences out as training did.
+        self.append_eos: bool | None = None
 
     @property
     def config(self):

@@ -16,6 +16,7 @@ from pathlib import Path
 import jax
 import numpy as np
 from flax import nnx
+from safetensors.numpy import save_file
 from jax.sharding import Mesh
 from tqdm.auto import tqdm
 
@@ -23,6 +24,7 @@ from jaxrlhf.models.base import ArchConfig, CausalLM, as_dtype
 from jaxrlhf.models.gemma3 import Gemma3Config, Gemma3ForCausalLM
 from jaxrlhf.models.gpt2 import GPT2Config, GPT2LMHeadModel
 from jaxrlhf.models.heads import ScalarHeadModel
+from jaxrlhf.models import reward_head
 from jaxrlhf.models.hf import (TENSOR_MAPS, CheckpointError, TensorMap, iter_hf_tensors,
                                text_tower_config, text_tower_maps, write_safetensors)
 from jaxrlhf.models.llama import LlamaConfig, LlamaForCausalLM, Qwen2Config, Qwen3Config
@@ -40,7 +42,6 @@ SEQ_CLS_SUFFIX = "ForSequenceClassification"
 # where the reward model's class name is not the causal LM's with the suffix swapped
 # (Gemma3ForSequenceClassification is the multimodal model's)
 SEQ_CLS_PREFIX = {"gemma3_text": "Gemma3Text"}
-NORMALIZATION_KEY = "jaxrlhf_reward_normalization"  # [gain, bias] in a reward model's config.json
 
 
 def config_from_hf(hf: dict, *, strict: bool = False, source: str = "config") -> ArchConfig:
@@ -192,8 +193,17 @@ def reward_model_from_pretrained(path: str | os.PathLike, *, dtype="float32", pa
                               seed=seed, zero_init=zero_init)
     model = _load(path, factory, maps, mesh=mesh, tied=config.tie_word_embeddings,
                   ignore={"lm_head.weight"}, progress=progress, keep_initialised=True)
-    if is_seq_cls and NORMALIZATION_KEY in hf:
-        model.normalization.set_value(jax.numpy.asarray(hf[NORMALIZATION_KEY], jax.numpy.float32))
+    if is_seq_cls:  # our export holds the gain folded into score.weight: back to the raw head
+        from jaxrlhf.models.hf import SafetensorsFolder
+        try:
+            raw, normalization = reward_head.read_head(path, hf, SafetensorsFolder(path).read("score.weight"))
+        except ValueError as e:
+            raise CheckpointError(str(e)) from None
+        score = model.score.get_value()
+        host = raw.astype(score.dtype)
+        model.score.set_value(jax.make_array_from_callback(host.shape, score.sharding, lambda idx: host[idx]))
+        model.normalization.set_value(jax.numpy.asarray(normalization))
+        model.append_eos = (hf.get(reward_head.LAYOUT_KEY) or {}).get("append_eos")
     return model
 
 
@@ -209,8 +219,9 @@ def save_pretrained(model: CausalLM | ScalarHeadModel, path: str | os.PathLike, 
     """Write ``model`` as an HF folder (config.json + safetensors [+ tokenizer]).
 
     A causal LM is written for ``AutoModelForCausalLM``; a reward model for
-    ``AutoModelForSequenceClassification`` (num_labels=1, its reward normalisation kept in
-    config.json). ``dtype`` (e.g. ``"bfloat16"``) converts weights on the way out. Only
+    ``AutoModelForSequenceClassification`` (num_labels=1; the normalisation gain folded into
+    ``score.weight``, gain and bias in config.json, the raw head in ``reward_head.HEAD_FILE``:
+    see :mod:`jaxrlhf.models.reward_head`). ``dtype`` (e.g. ``"bfloat16"``) converts weights on the way out. Only
     process 0 writes in a multi-host run.
     """
     path = Path(path)
@@ -224,11 +235,18 @@ def save_pretrained(model: CausalLM | ScalarHeadModel, path: str | os.PathLike, 
         arch = SEQ_CLS_PREFIX.get(config.model_type, arch)
         hf_config.update(architectures=[arch + SEQ_CLS_SUFFIX], num_labels=1,
                          id2label={"0": "LABEL_0"}, label2id={"LABEL_0": 0})
-        hf_config[NORMALIZATION_KEY] = [float(x) for x in np.asarray(model.normalization.get_value())]
     tensors = {}
     for tm in maps:
         hf = tm.to_hf(*(_host_value(flat[p].get_value()) for p in tm.paths))
         tensors[tm.hf_key] = hf.astype(as_dtype(dtype)) if dtype is not None else hf
+    head = None
+    if isinstance(model, ScalarHeadModel):  # the gain folded into score.weight, the raw head kept beside it
+        score = tensors["score.weight"]
+        tensors["score.weight"], entries, head = reward_head.export_head(
+            _host_value(model.score.get_value()), _host_value(model.normalization.get_value()), score.dtype)
+        hf_config.update(entries)
+        if model.append_eos is not None:
+            hf_config[reward_head.LAYOUT_KEY] = {"append_eos": bool(model.append_eos)}
     if jax.process_index() == 0:
         path.mkdir(parents=True, exist_ok=True)
         hf_config["dtype"] = str(np.dtype(next(iter(tensors.values())).dtype))
@@ -236,6 +254,8 @@ def save_pretrained(model: CausalLM | ScalarHeadModel, path: str | os.PathLike, 
             hf_config["pad_token_id"] = tokenizer.pad_token_id
         (path / "config.json").write_text(json.dumps(hf_config, indent=2, sort_keys=True))
         write_safetensors(tensors, path, max_shard_bytes=max_shard_bytes)
+        if head is not None:
+            save_file(head, path / reward_head.HEAD_FILE, metadata={"format": "pt"})
         if tokenizer is not None:
             tokenizer.save_pretrained(path)
     return path

@@ -58,6 +58,21 @@ class RMConfig:
                              "or reward model) to start from")
 
 
+MIN_NORMALIZATION_ANSWERS = 32
+
+
+def normalization_warning(eval_answers: int, gain: float) -> str | None:
+    """The warning for a normalisation measured on too few eval answers (None when enough).
+
+    Warned, not refused: a small example or smoke run should still finish; the gain is then a
+    noisy estimate (an eval split of 1 row gave a gain of 75) and PPO's rewards scale with it."""
+    if eval_answers >= MIN_NORMALIZATION_ANSWERS:
+        return None
+    return (f"reward normalisation (gain {gain:.4g}) measured on {eval_answers} eval answers, fewer than "
+            f"{MIN_NORMALIZATION_ANSWERS}: PPO's normalised rewards will be noisy in scale; give the RM more "
+            f"eval rows (data.eval_files or a larger data.eval_fraction)")
+
+
 def load_data(cfg: RMConfig, tokenizer):
     """Tokenised train and eval arrays, and the cleaning report of each file set."""
     from jaxrlhf.config import ConfigError
@@ -117,7 +132,13 @@ def build(cfg: RMConfig, *, graphdef, tx, mesh, train, eval_data):
         gain, bias = 1.0 / std, -float(np.mean(rewards)) / std
         final = merged_model(graphdef, state)
         final.normalization.set_value(jax.numpy.asarray([gain, bias], jax.numpy.float32))
-        return final, {"reward_normalization": {"gain": gain, "bias": bias}}
+        final.append_eos = cfg.data.append_eos
+        norm = {"gain": gain, "bias": bias, "eval_answers": int(rewards.size) if eval_data is not None else 0}
+        warning = normalization_warning(norm["eval_answers"], gain) if eval_data is not None else None
+        if warning:
+            log.warning(warning)
+            norm["warning"] = warning
+        return final, {"reward_normalization": norm}
 
     step = functools.partial(rm_train_step, graphdef=graphdef, tx=tx, margin=cfg.loss.margin,
                              center_coef=cfg.loss.center_coef)
