@@ -4,10 +4,9 @@ XLA's CPU runtime allocates every step's temporary buffers (tens to hundreds of 
 malloc and frees them when the step ends. glibc serves allocations above its mmap threshold
 (at most 32 MB) with fresh mmap()s and returns them with munmap(), and per-thread arenas trim
 their heaps with madvise(), so every step touches hundreds of MB of pages the kernel must
-fault in and zero again. Measured on the demo's SFT step (2-core AMD EPYC VM, 300 steps):
-26.5M minor page faults and 58 s of system time in 126 s wall; with one arena, no mmap'd
-chunks and a 1 GB trim threshold, 0.9M faults, 6.6 s system time, 99-101 s wall, and the same
-losses to the last bit (the allocator changes where buffers live, not what is computed).
+fault in and zero again. One arena, no mmap'd chunks and a 1 GB trim threshold keep those
+pages: the allocator changes where buffers live, not what is computed (measurements:
+benchmarks/host_malloc.py and experiments/NOTES.md).
 
 Settings are applied with mallopt() before the backend starts its threads (the arena limit is
 read when a thread first allocates). Only on glibc, and only where JAX will run on the CPU (no

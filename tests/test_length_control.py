@@ -488,3 +488,19 @@ def test_data_command_takes_the_sft_noise(tmp_path, capsys):
     assert exact["sft_mean_score"] > default["sft_mean_score"]
     with pytest.raises(ValueError, match="sft_noise"):
         build_length_control_data(tmp_path / "bad", seed=0, **SMALL, sft_noise=-0.1)
+
+
+def test_data_command_builds_the_demos_data_by_default(tmp_path, monkeypatch):
+    """`jaxrlhf data length-control --out DIR` passes the builder exactly what the demo does."""
+    import jaxrlhf.tasks.length_control as lc
+    from jaxrlhf.cli import main
+    from jaxrlhf.tasks.length_control.pipeline import load_demo_config
+
+    seen = {}
+    monkeypatch.setattr(lc, "build_length_control_data", lambda out, **kwargs: seen.update(kwargs) or {})
+    assert main(["data", "length-control", "--out", str(tmp_path)]) == 0
+    demo = load_demo_config()
+    d = demo.data
+    assert seen == {"seed": demo.seed, "source": None, "n_sft": d.n_sft, "n_rm": d.n_rm, "n_test": d.n_test,
+                    "n_ppo_prompts": d.n_ppo_prompts, "n_rm_policy": d.n_rm_policy,
+                    "paragraph_chars": tuple(d.paragraph_chars), "sft_noise": d.sft_noise}

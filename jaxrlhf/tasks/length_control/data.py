@@ -7,7 +7,7 @@ human-written data does: each writer aims at the limit misjudged by a relative e
 often than short, and score about 0.87 under the rule. A model that imitates them learns
 a spread-out stopping point, and greedy decoding of it runs long: it stops only where
 stopping has become more likely than the next character, past the middle of that spread
-(measured: median length 1.24x the limit, mean score 0.43; with a 15% spread 1.4x, 0.22).
+(what SFT then scores is in experiments/NOTES.md).
 Each RM row holds four drafts cut at different lengths (near the limit, too short, too
 long, a near miss), each from its own clause selection of the paragraph, ranked by
 closeness to the limit (:func:`rm_row`), so that length against the limit is what the
@@ -211,12 +211,8 @@ def rm_row(paragraph: str, limit: int, rng: np.random.Generator) -> dict:
 
     Every row shows both sides of the target, so the only way to rank all of them is to
     compare the answer's length with the limit, whatever the content: PPO's samples differ in
-    both. Measured on run19's SFT sampled 8 times per test prompt
-    (experiments/lc_rm_agreement.py): the within-prompt rank correlation of the RM with
-    closeness is 0.49 when a row's drafts share one selection, 0.57 with two selections and
-    0.61 with one per draft; PPO on that last RM scored 0.858 against 0.802 (one seed).
-    (Earlier: a reward model shown mostly long negatives learned "shorter is better" and was
-    flat below the limit.) Four drafts give the ranking loss six pairs per prompt instead of
+    both (experiments/lc_rm_agreement.py measures the RM's agreement with closeness; its
+    results are in experiments/NOTES.md). Four drafts give the ranking loss six pairs per prompt instead of
     three at 4/3 of the forward passes; the unbinned ranking keeps the pairs the rule's bins
     would tie (both far off: score 0)."""
     for _ in range(20):
