@@ -17,6 +17,7 @@ CASES = {"gemma3-softcap": lambda: tiny_gemma3_config(final_logit_softcapping=3.
          "qwen3-untied": lambda: tiny_qwen3_config()}
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_chunked_equals_plain_values_and_grads(case, tmp_path):
     build_hf_model(CASES[case](), tmp_path)

@@ -150,6 +150,7 @@ def test_greedy_generate_equals_transformers(case, tmp_path):
     np.testing.assert_array_equal(got, expected)
 
 
+@pytest.mark.slow
 def test_gemma3_reward_model_exports_for_transformers(tmp_path):
     build_hf_model(tiny_gemma3_config(), tmp_path / "lm")
     rm = reward_model_from_pretrained(tmp_path / "lm", seed=1)
@@ -188,6 +189,7 @@ def test_sharded_forward_shards_vocab_and_matches(case, tmp_path):
     assert max_err_on_valid(got, expected, mask) < 1e-5
 
 
+@pytest.mark.slow
 def test_gemma3_remat_and_bf16(tmp_path):
     hf_model = build_hf_model(tiny_gemma3_config(), tmp_path)
     ids, mask = long_batch()
