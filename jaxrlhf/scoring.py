@@ -98,18 +98,20 @@ def score_pairs(model_dir: str | Path, prompts: Sequence[str], answers: Sequence
 
 
 def _answer(example) -> str:
-    """A row's answer: trl's ``completion``, or ``response`` / ``answer``, as one string."""
+    """A row's answer: trl's ``completion``, or ``response`` / ``answer``, as one string (or the
+    seed's one-element list of one). An empty answer is scored: PPO scores an immediate EOS too."""
     from jaxrlhf.data import DataError
-    from jaxrlhf.data.preference import _Bad, _response_text
 
+    where = f"{example.source}:{example.line}"
     field = next((f for f in ("completion", "response", "answer") if example.meta.get(f) is not None), None)
     if field is None:
-        raise DataError(f"{example.source}:{example.line}: missing answer (field 'completion', 'response' or "
-                        f"'answer')")
-    try:
-        return _response_text(example.meta[field], field)
-    except _Bad as e:
-        raise DataError(e.message(f"{example.source}:{example.line}")) from None
+        raise DataError(f"{where}: missing answer (field 'completion', 'response' or 'answer')")
+    value = example.meta[field]
+    if isinstance(value, list) and len(value) == 1:
+        value = value[0]
+    if not isinstance(value, str):
+        raise DataError(f"{where}: bad answer type (field '{field}'): expected a string, got {type(value).__name__}")
+    return value
 
 
 def score_file(model_dir: str | Path, data_file: str | Path, out_file: str | Path, *, append_eos: bool | None = None,

@@ -211,6 +211,8 @@ class Trainer:
         keys = list(dict.fromkeys(k for m in window for k in m))
         mean = {k: float(np.mean([m[k] for m in window if k in m])) for k in keys}
         mean["steps_per_second"] = len(window) / max(seconds, 1e-9)
+        if "input_tokens" in mean:  # a supervised step's real tokens forwarded
+            mean["tokens_per_second"] = sum(m.get("input_tokens", 0.0) for m in window) / max(seconds, 1e-9)
         if self.learning_rate is not None:
             mean["learning_rate"] = float(self.learning_rate(position.steps))
         self.log(position.steps, mean, self.settings.prefix)

@@ -329,12 +329,19 @@ def test_split_train_eval_is_deterministic_and_disjoint():
 def test_shipped_example_file_loads_all_formats():
     from pathlib import Path
 
-    from rm_fixtures import char_tokenizer
+    import json
+
+    from jaxrlhf.data.formats import row_format
+    from jaxrlhf.data.tokenizers import build_char_tokenizer
     example = Path(__file__).resolve().parents[1] / "examples" / "ranked_sample.jsonl"
-    examples, report = load_preference_data(str(example), tokenizer=char_tokenizer())
-    assert report.kept == 3 and not report.skipped
-    assert [len(e.responses) for e in examples] == [3, 2, 2]
+    rows = [json.loads(line) for line in example.read_text().splitlines()]
+    examples, report = load_preference_data(str(example), tokenizer=build_char_tokenizer())
+    assert report.kept == len(rows) and not report.skipped
+    assert [len(e.responses) for e in examples][:3] == [3, 2, 2]
     assert examples[2].scores == (1.0, 0.0)
+    # ranked lists, pairs with and without a prompt, conversational pairs (issue 31, defect 11)
+    assert any("response" in r for r in rows) and any("prompt" not in r and isinstance(r["chosen"], str) for r in rows)
+    assert {"standard preference", "conversational preference"} <= {row_format(r) for r in rows}
 
 
 def test_prompt_files_share_the_cleaning_loop(tmp_path):

@@ -195,6 +195,16 @@ class Rollout:
                        None if self.cuts is None else self.cuts[rows], self.seconds)
 
 
+def format_samples(answers: list[tuple[str, str, float, bool]]) -> str:
+    """Sampled answers as Markdown text (TensorBoard renders it): one block per (prompt, answer,
+    score, ended with EOS)."""
+    blocks = []
+    for prompt, answer, score, finished in answers:
+        end = "EOS" if finished else "no EOS (cut at max_new_tokens)"
+        blocks.append(f"**score {score:.4g}**, {end}\n\n    prompt: {prompt!r}\n    answer: {answer!r}")
+    return "\n\n".join(blocks)
+
+
 class RLLearner:
     """The jitted functions of an RL run and the four phases of an iteration."""
 
@@ -221,6 +231,7 @@ class RLLearner:
         self.experience_fn = jax.jit(functools.partial(make_experience, group_size=cfg.trained_per_prompt, **static))
         self.update_fn = jax.jit(functools.partial(update_policy, actor_tx=actor_tx, critic_tx=critic_tx, **static),
                                  out_shardings=(state_shardings, None), donate_argnums=0)
+        self.last_samples: tuple[Rollout, np.ndarray] | None = None  # the last rollout and its scores, for log_samples
 
     # ------------------------------------------------------------------ the four phases
 
@@ -297,6 +308,7 @@ class RLLearner:
         rollout = self.rollout(state, batch, iteration)
         t1 = time.perf_counter()
         scored = self.score(rollout)
+        self.last_samples = (rollout, scored.total)
         sampled = {"score": float(np.mean(scored.total)), "score_std": float(np.std(scored.total)),
                    "response_length": float(rollout.gen.mask.sum(axis=1).mean())}
         rollout_all = rollout
@@ -318,6 +330,23 @@ class RLLearner:
         if rollout.cuts is not None:  # the shared prefix
             metrics["branch_prefix_length"] = float(rollout.cuts.mean())
         return state, metrics
+
+    def log_samples(self, info, *, count: int = 4) -> None:
+        """A trainer hook: ``count`` answers of the last rollout as text (prompt, answer, score), to
+        TensorBoard / W&B as ``<stage>/samples``."""
+        if self.last_samples is None or info.trainer.metrics_log is None:
+            return
+        rollout, scores = self.last_samples
+        rows = np.unique(np.linspace(0, len(scores) - 1, min(count, len(scores))).astype(int))
+        gen = rollout.gen
+        answers = []
+        for row in rows:
+            n = int(gen.mask[row].sum()) - int(gen.finished[row])  # tokens before EOS
+            answers.append((self.examples[rollout.index[row]].prompt,
+                            self.tokenizer.decode(gen.tokens[row, :n], skip_special_tokens=True),
+                            float(scores[row]), bool(gen.finished[row])))
+        info.trainer.metrics_log.write_text(info.position.steps, f"{info.trainer.settings.prefix}/samples",
+                                            format_samples(answers))
 
     # ------------------------------------------------------------------ eval and export
 
@@ -506,6 +535,7 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, stage: str = "ppo") -> dict:
     eval_batch = cfg.train.eval_batch_size or per_iteration
     evaluate = (None if eval_prompts is None or len(eval_prompts) == 0 else
                 functools.partial(learner.evaluate, prompts=eval_prompts, batch_size=eval_batch))
+    trainer.add_hook(learner.log_samples, every=cfg.train.log_every)
     result = trainer.fit(state, learner.iteration, batches, start, evaluate=evaluate)
     state = result.state
 

@@ -68,7 +68,8 @@ def dpo_train_step(state: TrainState, reference: tuple, batch: dict, *, graphdef
                                 label_smoothing=label_smoothing, pair_count=pairs)
     grads, aux = accumulate(lambda p, mb: loss_fn(p, micro_batch=mb), state.params, batch)
     state, update_metrics = apply_gradients(state, grads, aux["loss"], tx)
-    return state, {**summarize(aux), **update_metrics}
+    # input_tokens: real tokens through the policy (the trainer logs tokens_per_second from it)
+    return state, {**summarize(aux), "input_tokens": jnp.sum(batch["attention_mask"]), **update_metrics}
 
 
 def dpo_eval_step(state: TrainState, reference: tuple, batch: dict, *, graphdef: nnx.GraphDef,

@@ -83,6 +83,7 @@ def rm_train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
     state, update_metrics = apply_gradients(state, grads, aux["loss"], tx)
     metrics = summarize(aux)
     metrics.update(update_metrics)
+    metrics["input_tokens"] = jnp.sum(batch["attention_mask"])  # the trainer logs tokens_per_second from it
     return state, metrics
 
 

@@ -41,7 +41,9 @@ def sft_train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
     loss_fn = functools.partial(sft_loss_fn, buffers=state.buffers, graphdef=graphdef, token_count=count)
     grads, aux = accumulate(lambda p, mb: loss_fn(p, micro_batch=mb), state.params, batch)
     state, update_metrics = apply_gradients(state, grads, aux["loss"], tx)
-    return state, {"loss": aux["loss"], "tokens": aux["token_count"], **update_metrics}
+    # input_tokens: real tokens forwarded (the trainer logs tokens_per_second from it)
+    return state, {"loss": aux["loss"], "tokens": aux["token_count"], "input_tokens": jnp.sum(batch["attention_mask"]),
+                   **update_metrics}
 
 
 def sft_eval_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef) -> dict:
