@@ -78,11 +78,16 @@ def score_pairs(model_dir: str | Path, prompts: Sequence[str], answers: Sequence
     ``prompts`` are the text the model continues (a chat prompt already rendered, as PPO's prompt
     files are); ``append_eos`` defaults to the RM's own (config.json ``reward_layout``), else True
     (the RM stage's default)."""
-    from jaxrlhf.models import load_tokenizer, reward_model_from_pretrained
+    from jaxrlhf.models import CheckpointError, load_tokenizer, reward_model_from_pretrained
+    from jaxrlhf.models.io import SEQ_CLS_SUFFIX, read_hf_config
     from jaxrlhf.tokenizer_check import check_tokenizer_fits, model_vocab_size
 
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    architectures = read_hf_config(model_dir).get("architectures") or []
+    if not any(str(a).endswith(SEQ_CLS_SUFFIX) for a in architectures):  # a causal LM would get a random head
+        raise CheckpointError(f"{model_dir}: not a reward model (architectures {architectures}; expected "
+                              f"*{SEQ_CLS_SUFFIX}, e.g. jaxrlhf rm's final/ or its export)")
     tokenizer = load_tokenizer(model_dir)
     check_tokenizer_fits(tokenizer, model_vocab_size(model_dir), tokenizer_at=str(model_dir), model_at=str(model_dir))
     model = reward_model_from_pretrained(model_dir, dtype=dtype, mesh=mesh)

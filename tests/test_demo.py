@@ -28,6 +28,21 @@ def test_demo_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
         assert needle in report, needle
     assert (out / "sft_loss.png").stat().st_size > 1000
 
+    first = json.loads((out / "timings.json").read_text())
+    assert first["base model"] > 0 and first["total"] >= first["sft"] > 0
+
     start = time.perf_counter()
     assert main(["demo", "--size", "smoke", "--out", str(out)]) == 0
     assert time.perf_counter() - start < 30  # everything finished: only the report is rebuilt
+    # the rebuilt report keeps the times the steps took (issue 31, defect 6: 'base model 0 / total 0')
+    assert json.loads((out / "timings.json").read_text()) == first
+    assert f"| total | {first['total']:.0f} |" in (out / "report.md").read_text()
+
+
+def test_merge_timings_keeps_skipped_steps():
+    from jaxrlhf.tasks.length_control.pipeline import merge_timings
+    first = merge_timings({}, {"data": 2.0, "sft": 10.0, "rm": 3.0})
+    assert first == {"data": 2.0, "sft": 10.0, "rm": 3.0, "total": 15.0}
+    again = merge_timings(first, {"rm": 5.0, "ppo": 7.0})
+    assert again == {"data": 2.0, "sft": 10.0, "rm": 5.0, "ppo": 7.0, "total": 24.0}
+    assert merge_timings(again, {}) == again

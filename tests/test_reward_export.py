@@ -108,6 +108,7 @@ def test_a_head_trained_further_elsewhere_is_refused(exported, tmp_path):
     assert "\n" not in str(e.value)
 
 
+@pytest.mark.slow
 def test_score_equals_rm_eval_rewards_and_ppo_scorer(base_dir, tmp_path, caplog):
     """`jaxrlhf score` on the RM's own eval rows gives the rewards the RM stage computed for them
     (its tokenisation, its scoring function) and the rewards PPO's scorer gives the same tokens."""
@@ -176,10 +177,15 @@ def test_score_equals_rm_eval_rewards_and_ppo_scorer(base_dir, tmp_path, caplog)
     np.testing.assert_allclose(direct.reward, reward, atol=1e-6)
 
 
-def test_score_bad_row_is_one_line(exported, tmp_path, capsys):
+def test_score_bad_input_is_one_line(exported, base_dir, tmp_path, capsys):
     _, out = exported
     data = tmp_path / "pairs.jsonl"
     data.write_text('{"prompt": "q: a", "completion": "b"}\n{"prompt": "q: c"}\n')
     assert main(["score", str(out), "--data", str(data), "--out", str(tmp_path / "s.jsonl")]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and f"{data}:2: missing answer" in err
+    # a causal LM folder is no reward model (its score head would be random)
+    data.write_text('{"prompt": "q: a", "completion": "b"}\n')
+    assert main(["score", str(base_dir), "--data", str(data), "--out", str(tmp_path / "s.jsonl")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "not a reward model" in err

@@ -184,6 +184,19 @@ def _texts(data: dict[str, Path]):
                 yield answer[0] if isinstance(answer, list) else answer
 
 
+TIMINGS_FILE = "timings.json"  # seconds per demo step, kept across runs of one output folder
+
+
+def merge_timings(previous: dict[str, float], current: dict[str, float]) -> dict[str, float]:
+    """The seconds of each step over every run of one output folder: a step that ran now replaces
+    its earlier time, a step skipped now (finished before) keeps it; total is their sum. A re-run of
+    a finished demo so keeps the table it first wrote (issue 31, defect 6: it wrote 0s)."""
+    merged = {k: v for k, v in previous.items() if k != "total"}
+    merged.update({k: v for k, v in current.items() if k != "total"})
+    merged["total"] = sum(merged.values())
+    return merged
+
+
 def run_demo(cfg: DemoConfig) -> dict:
     from jaxrlhf.stages.registry import STAGES
     from jaxrlhf.tasks.length_control import build_length_control_data, evaluate_length_control
@@ -193,7 +206,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "demo_config.yaml")
     timings: dict[str, float] = {}
-    started = time.perf_counter()
+    timings_file = out / TIMINGS_FILE
+    previous = json.loads(timings_file.read_text()) if timings_file.exists() else {}
 
     def timed(name, fn, *args, **kwargs):
         t0 = time.perf_counter()
@@ -211,7 +225,10 @@ def run_demo(cfg: DemoConfig) -> dict:
                      source=list(cfg.source) or None, n_sft=d.n_sft, n_rm=d.n_rm, n_test=d.n_test,
                      n_ppo_prompts=d.n_ppo_prompts, n_rm_policy=d.n_rm_policy, paragraph_chars=tuple(d.paragraph_chars),
                      sft_noise=d.sft_noise)
-    timed("base model", build_base_model, cfg, out, _texts(data))
+    if (out / "base" / "model.safetensors").exists():
+        log.info("demo: base model already built, kept")
+    else:
+        timed("base model", build_base_model, cfg, out, _texts(data))
     configs = stage_configs(cfg, out, data)
     runners = {name: STAGES[name].run for name in ("sft", "rm", "ppo", "dpo")}
     results = {}
@@ -241,7 +258,8 @@ def run_demo(cfg: DemoConfig) -> dict:
         evals[name] = timed(f"eval {name}", evaluate_length_control, Path(configs[name].output_dir) / "final",
                             data["test"], predictions, max_prompt_length=cfg.max_prompt_length)
         summary.write_text(json.dumps(evals[name], indent=2))
-    timings["total"] = time.perf_counter() - started
+    timings = merge_timings(previous, timings)
+    timings_file.write_text(json.dumps(timings, indent=2))
     report = write_report(out, evals=evals, results=results, timings=timings)
     return {"report": str(report), "scores": {k: v["mean_score"] for k, v in evals.items()},
             "seconds": timings["total"]}
