@@ -113,7 +113,7 @@ def test_branched_ppo_learns_a_rule_reward(setup, tmp_path):
 
     model, prompts = setup
     cfg = ppo_yaml(tmp_path, model, prompts, iterations=30,
-                   extra="  samples_per_prompt: 4\n  branch_at: [0.2, 0.8]", algorithm="  advantage: rloo")
+                   extra="  samples_per_prompt: 4\n  branch_at: [0.2, 0.8]")
     assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) == 0
     history = json.loads((tmp_path / "run" / "results.json").read_text())["history"]
     start = np.mean([h["score"] for h in history[:3]])
