@@ -41,6 +41,7 @@ commands available in this version:
   score        score (prompt, answer) rows with a reward model, as training and PPO do
   plan         per-device memory of the RM step and PPO iteration (ahead-of-time compile)
   export       write a training run's checkpoint as a transformers folder
+  convert      convert a GGUF checkpoint to a safetensors folder (dequantised)
   init-model   create a randomly initialised model (sharded on the mesh) and save it
                as a Hugging Face folder
   inspect      load a Hugging Face folder onto a mesh: architecture, parameter count,
@@ -462,6 +463,37 @@ def run_plan(args) -> int:
     return 0
 
 
+# --------------------------------------------------------------------------- convert
+
+
+def add_convert(sub) -> None:
+    p = sub.add_parser("convert", help="convert a checkpoint of another format to a safetensors folder",
+                       description="Convert a checkpoint of another format into a Hugging Face safetensors "
+                                   "folder the ports (and transformers) load.")
+    formats = p.add_subparsers(dest="format", metavar="FORMAT", required=True)
+    gguf = formats.add_parser(
+        "gguf", help="a GGUF file, dequantised to float32 (needs: pip install 'jaxrlhf[real,test]')",
+        description="Read a GGUF file with transformers (dequantised to float32) and save it as "
+                    "config.json + model.safetensors (+ tokenizer) without the GGUF quantization_config.",
+        epilog="example: jaxrlhf convert gguf gemma-3-270m-Q4_K_M.gguf runs/gemma3-270m")
+    gguf.add_argument("file", metavar="FILE", help="the .gguf file")
+    gguf.add_argument("out", metavar="OUT", help="output folder (new or empty)")
+    gguf.add_argument("--no-tokenizer", action="store_true", help="do not write the tokenizer")
+    p.set_defaults(run=run_convert)
+
+
+def run_convert(args) -> int:
+    from jaxrlhf.config import ConfigError
+    from jaxrlhf.convert import ConversionError, convert_gguf
+
+    try:
+        folder = convert_gguf(args.file, args.out, tokenizer=not args.no_tokenizer)
+    except ConversionError as e:
+        raise ConfigError(str(e)) from None
+    print(f"wrote {folder}")
+    return 0
+
+
 # --------------------------------------------------------------------------- helpers
 
 
@@ -529,7 +561,7 @@ def run_config(args) -> int:
 
 
 COMMANDS = (*(_stage_adder(name) for name in STAGES), add_generate, add_score, add_export, add_plan, add_init_model,
-            add_inspect, add_config)
+            add_inspect, add_config, add_convert)
 
 
 def task_commands():

@@ -35,3 +35,14 @@ def test_truncated_gguf_is_one_line(tmp_path, capsys):
     assert main(["gguf", str(file), str(tmp_path / "out")]) == 2
     err = capsys.readouterr().err
     assert err.startswith(f"error: {file}: ") and err.count("\n") == 1
+
+
+def test_the_cli_converts_through_the_same_checks(tmp_path, capsys):
+    from jaxrlhf.cli import main as cli
+
+    bad = tmp_path / "model.gguf"
+    bad.write_bytes(b"NOPE" + b"\0" * 16)
+    assert cli(["convert", "gguf", str(bad), str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err
+    assert "not a GGUF file" in err and "Traceback" not in err
+    assert not (tmp_path / "out").exists()
