@@ -29,6 +29,51 @@ class ConfigError(ValueError):
     """A configuration that cannot be used; the message names the source and the key."""
 
 
+PROJECTION_NAMES = ("q", "k", "v", "o", "gate", "up", "down")  # what model.lora.targets may name
+ALL_LINEAR = "all-linear"
+
+
+@dataclasses.dataclass(frozen=True)
+class LoRAConfig:
+    """``model.lora``: adapters on the named projections (q/k/v/o/gate/up/down or all-linear)."""
+
+    rank: int = 8  # r: adapter A is [in, r], B is [r, out]
+    alpha: float = 16.0  # the update is scaled by alpha / rank
+    dropout: float = 0.0  # only 0 (adapter dropout is not implemented; RL runs dropout-free)
+    targets: tuple[str, ...] | str = ("q", "k", "v", "o")  # projections: q k v o gate up down, or all-linear
+    # a PEFT adapter folder (adapter_config.json + adapter_model.safetensors) to continue
+    # training from; its rank, alpha and targets replace the ones above
+    adapter: str | None = None
+
+    def __post_init__(self):
+        if self.rank < 1:
+            raise ValueError(f"lora.rank must be >= 1, got {self.rank}")
+        if not 0 < self.alpha < float("inf"):
+            raise ValueError(f"lora.alpha must be > 0, got {self.alpha}")
+        if self.dropout != 0.0:
+            # dropout on the adapter input needs a fresh mask per step threaded through every
+            # forward; the RL recipe runs dropout-free anyway
+            raise ValueError(f"lora.dropout must be 0 (adapter dropout is not implemented), got {self.dropout}")
+        targets = self.target_names()
+        bad = sorted(set(targets) - set(PROJECTION_NAMES))
+        if bad or not targets:
+            raise ValueError(f"lora.targets: unknown projection(s) {bad or '(none given)'}; choose from "
+                             f"{', '.join(PROJECTION_NAMES)} or {ALL_LINEAR}")
+
+    def target_names(self) -> tuple[str, ...]:
+        targets = (self.targets,) if isinstance(self.targets, str) else tuple(self.targets)
+        return PROJECTION_NAMES if ALL_LINEAR in targets else targets
+
+    @property
+    def all_linear(self) -> bool:
+        """Every projection the architecture has (GPT-2 has no gate)."""
+        return ALL_LINEAR in ((self.targets,) if isinstance(self.targets, str) else tuple(self.targets))
+
+    @property
+    def scale(self) -> float:
+        return self.alpha / self.rank
+
+
 @dataclasses.dataclass(frozen=True)
 class ModelConfig:
     """Which model to start from and how to run it."""
@@ -38,6 +83,7 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations (bfloat16 on accelerators)
     param_dtype: str = "float32"  # storage dtype of parameters and optimizer state
     remat: bool = False  # recompute each block's activations in the backward pass
+    lora: LoRAConfig | None = None  # train LoRA adapters (and heads) on a frozen base instead of every weight
 
     def __post_init__(self):
         for key in ("dtype", "param_dtype"):

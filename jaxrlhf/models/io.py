@@ -215,16 +215,22 @@ def _host_value(array: jax.Array) -> np.ndarray:
 
 
 def save_pretrained(model: CausalLM | ScalarHeadModel, path: str | os.PathLike, *, dtype=None,
-                    tokenizer=None, max_shard_bytes: int = 5 * 2**30) -> Path:
+                    tokenizer=None, max_shard_bytes: int = 5 * 2**30, base_model: str | None = None) -> Path:
     """Write ``model`` as an HF folder (config.json + safetensors [+ tokenizer]).
 
     A causal LM is written for ``AutoModelForCausalLM``; a reward model for
     ``AutoModelForSequenceClassification`` (num_labels=1; the normalisation gain folded into
     ``score.weight``, gain and bias in config.json, the raw head in ``reward_head.HEAD_FILE``:
     see :mod:`jaxrlhf.models.reward_head`). ``dtype`` (e.g. ``"bfloat16"``) converts weights on the way out. Only
-    process 0 writes in a multi-host run.
+    process 0 writes in a multi-host run. A model with LoRA adapters is written merged, and its
+    adapters as a PEFT folder in ``path/adapter`` (``base_model``: its base_model_name_or_path).
     """
     path = Path(path)
+    from jaxrlhf.models.lora import has_lora, merge_lora
+    if has_lora(model):  # LoRA: the adapter as a PEFT folder beside the merged model
+        from jaxrlhf.peft_io import ADAPTER_DIR, save_adapter
+        save_adapter(model, path / ADAPTER_DIR, base_model=base_model)
+        model = merge_lora(model)
     config = model.config
     flat = dict(nnx.to_flat_state(nnx.state(model, nnx.Param)))
     maps = TENSOR_MAPS[config.model_type](config)

@@ -42,6 +42,7 @@ class Linear(nnx.Module):
                             self.in_shape + self.out_shape, param_dtype, in_axes + out_axes)
         self.bias = (param(rngs, jax.nn.initializers.zeros, self.out_shape, param_dtype, out_axes)
                      if use_bias else None)
+        self.lora = nnx.data(None)  # a jaxrlhf.models.lora.LoRA when adapted (models.lora.add_lora)
 
     def __call__(self, x: jax.Array) -> jax.Array:
         n_in = len(self.in_shape)
@@ -52,6 +53,8 @@ class Linear(nnx.Module):
         )
         if self.bias is not None:
             y = y + self.bias[...].astype(self.dtype)
+        if self.lora is not None:
+            y = y + self.lora(x, n_in)
         return y
 
 

@@ -207,7 +207,10 @@ def build_train_state(model: nnx.Module, train_cfg: TrainConfig, total_steps: in
     """(graphdef, state, state shardings, optimizer) with the state materialised sharded."""
     from jaxrlhf.steps.common import init_train_state, make_optimizer, train_state_shardings
 
-    graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
+    from jaxrlhf.models.lora import split_trained
+
+    # every Param, or with LoRA the adapters and heads only (the frozen base rides in buffers)
+    graphdef, params, buffers = split_trained(model)
     tx = make_optimizer(train_cfg.optim, total_steps)
     shardings = train_state_shardings(
         jax.eval_shape(lambda: init_train_state(params, buffers, tx, seed)), mesh, tx)
@@ -321,7 +324,9 @@ class SupervisedStage:
     name: str
     load_data: Callable  # (cfg, tokenizer) -> (train, eval or None, reports)
     load_model: Callable  # (cfg, mesh) -> nnx.Module
-    build: Callable  # (cfg, *, graphdef, tx, mesh, train, eval_data) -> SupervisedParts
+    # (cfg, *, graphdef, tx, mesh, train, eval_data, start_adapters) -> SupervisedParts; start_adapters:
+    # a copy of the LoRA adapters before training (DPO's reference on the shared base), None without LoRA
+    build: Callable
     postfix: tuple[str, ...] = ("loss",)
 
 
@@ -338,6 +343,7 @@ def run_supervised(cfg, stage: SupervisedStage, *, resume: bool = False) -> dict
     """The recipe every supervised stage shares: run folder, data, model, sharded train state,
     resume, jitted step, the trainer's loop, final export and results.json."""
     from jaxrlhf.models import load_tokenizer
+    from jaxrlhf.models.lora import reference_adapters
     from jaxrlhf.sharding import make_mesh
     from jaxrlhf.steps.common import learning_rate_schedule
     from jaxrlhf.tokenizer_check import check_stage_tokenizer
@@ -355,8 +361,12 @@ def run_supervised(cfg, stage: SupervisedStage, *, resume: bool = False) -> dict
 
     model = stage.load_model(cfg, mesh)
     graphdef, state, shardings, tx = build_train_state(model, cfg.train, total, cfg.seed, mesh)
+    del model  # the state holds its arrays now
+    # taken before a resume replaces them: a reference is the starting policy
+    start_adapters = reference_adapters(state.params) if cfg.model.lora is not None else None
     state, start = restore_or_start(checkpointer, state, resume=resume)
-    parts = stage.build(cfg, graphdef=graphdef, tx=tx, mesh=mesh, train=train, eval_data=eval_)
+    parts = stage.build(cfg, graphdef=graphdef, tx=tx, mesh=mesh, train=train, eval_data=eval_,
+                        start_adapters=start_adapters)
     example = stack_micro_batches(parts.train.take(np.arange(cfg.train.batch_size)).as_dict(),
                                   cfg.train.accumulation_steps)
     step, batch_sh = jit_train_step(parts.step, state_shardings=shardings, example_batch=example, mesh=mesh,
@@ -432,8 +442,21 @@ def load_policy(model_cfg, *, mesh: Mesh, seed: int):
     common = dict(dtype=model_cfg.dtype, param_dtype=model_cfg.param_dtype, remat=model_cfg.remat,
                   mesh=mesh)
     if model_cfg.path:
-        return from_pretrained(model_cfg.path, **common)
-    if model_cfg.arch:
+        model = from_pretrained(model_cfg.path, **common)
+    elif model_cfg.arch:
         arch = config_from_hf(read_yaml(model_cfg.arch), strict=True, source=str(model_cfg.arch))
-        return create_model(arch, seed=seed, **common)
-    raise ConfigError("set model.path (a Hugging Face folder) or model.arch (an architecture YAML)")
+        model = create_model(arch, seed=seed, **common)
+    else:
+        raise ConfigError("set model.path (a Hugging Face folder) or model.arch (an architecture YAML)")
+    return with_lora(model, model_cfg, mesh=mesh, seed=seed)
+
+
+def with_lora(model, model_cfg, *, mesh: Mesh, seed: int):
+    """``model`` with the adapters ``model.lora`` asks for (unchanged without ``model.lora``)."""
+    if model_cfg.lora is None:
+        return model
+    from jaxrlhf.peft_io import attach_lora
+    try:
+        return attach_lora(model, model_cfg.lora, seed=seed, mesh=mesh)
+    except ValueError as e:
+        raise ConfigError(f"model.lora: {e}") from None

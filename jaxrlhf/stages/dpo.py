@@ -68,6 +68,12 @@ class DPOConfig:
     def __post_init__(self):
         if not self.model.path:
             raise ValueError("model.path is required: the policy to start from (an SFT export)")
+        if self.model.lora is not None and self.reference_path not in (None, self.model.path):
+            raise ValueError("with model.lora the reference is model.path with the starting adapters: "
+                             "leave reference_path unset")
+        if self.model.lora is not None and self.loss.precompute_reference:
+            raise ValueError("loss.precompute_reference: with model.lora the reference holds no memory of its "
+                             "own (it is the policy's base); leave it false")
 
 
 def load_data(cfg: DPOConfig, tokenizer):
@@ -104,13 +110,16 @@ def load_model(cfg: DPOConfig, mesh):
     return load_policy(cfg.model, mesh=mesh, seed=cfg.seed)
 
 
-def build(cfg: DPOConfig, *, graphdef, tx, mesh, train, eval_data):
+def build(cfg: DPOConfig, *, graphdef, tx, mesh, train, eval_data, start_adapters=None):
     from jaxrlhf.models import from_pretrained
     from jaxrlhf.sharding import state_shardings
     from jaxrlhf.stages.common import (SupervisedParts, add_sums, eval_batch_size, eval_batches, merged_model,
                                        with_mesh)
     from jaxrlhf.steps.dpo import dpo_eval_step, dpo_train_step, summarize
 
+    if cfg.model.lora is not None:
+        return build_lora(cfg, graphdef=graphdef, tx=tx, mesh=mesh, train=train, eval_data=eval_data,
+                          start_adapters=start_adapters)
     ref_model = from_pretrained(cfg.reference_path or cfg.model.path, dtype=cfg.model.dtype,
                                 param_dtype=cfg.model.param_dtype, mesh=mesh)
     _, ref_params, ref_buffers = nnx.split(ref_model, nnx.Param, ...)
@@ -138,6 +147,36 @@ def build(cfg: DPOConfig, *, graphdef, tx, mesh, train, eval_data):
                            train=train, eval_data=eval_data, evaluate=evaluate,
                            finalize=lambda state: (merged_model(graphdef, state), {}),
                            frozen=reference, frozen_shardings=reference_sh)
+
+
+def build_lora(cfg: DPOConfig, *, graphdef, tx, mesh, train, eval_data, start_adapters):
+    """DPO with LoRA: the reference is the policy's own frozen base with the adapters at their
+    starting values (``start_adapters``: the only extra arrays), so no second base exists."""
+    from jaxrlhf.sharding import state_shardings
+    from jaxrlhf.stages.common import (SupervisedParts, add_sums, eval_batch_size, eval_batches, merged_model,
+                                       with_mesh)
+    from jaxrlhf.steps.dpo import dpo_eval_step, dpo_train_step, summarize
+
+    # DPOConfig refuses reference_path and precompute_reference with LoRA
+    loss_kwargs = dict(beta=cfg.loss.beta, loss_type=cfg.loss.loss_type, label_smoothing=cfg.loss.label_smoothing)
+
+    def step(state, adapters, batch):
+        # the base comes from the state's buffers: the same arrays the policy uses
+        return dpo_train_step(state, (adapters, state.buffers), batch, graphdef=graphdef, tx=tx, **loss_kwargs)
+
+    eval_fn = with_mesh(jax.jit(lambda state, adapters, batch: dpo_eval_step(
+        state, (adapters, state.buffers), batch, graphdef=graphdef, **loss_kwargs)), mesh)
+
+    def evaluate(state) -> dict[str, float]:
+        sums = None
+        for _, batch in eval_batches(eval_data, eval_batch_size(cfg.train), mesh,
+                                     pad_to_multiple=cfg.train.pad_to_multiple):
+            sums = add_sums(sums, eval_fn(state, start_adapters, batch))
+        return {k: float(v) for k, v in summarize(sums).items()}
+
+    return SupervisedParts(step=step, train=train, eval_data=eval_data, evaluate=evaluate,
+                           finalize=lambda state: (merged_model(graphdef, state), {}),
+                           frozen=start_adapters, frozen_shardings=state_shardings(start_adapters, mesh))
 
 
 def run_dpo(cfg: DPOConfig, *, resume: bool = False) -> dict:

@@ -19,7 +19,8 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
     from jaxrlhf.checkpoint import Checkpointer
     from jaxrlhf.models import CheckpointError, load_tokenizer, reward_model_from_pretrained, save_pretrained
     from jaxrlhf.sharding import MeshConfig, make_mesh
-    from jaxrlhf.stages.common import load_policy
+    from jaxrlhf.models.lora import split_trained
+    from jaxrlhf.stages.common import load_policy, with_lora
     from jaxrlhf.tokenizer_check import check_stage_tokenizer
     from jaxrlhf.steps.common import init_train_state, make_optimizer
 
@@ -44,9 +45,10 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
     if stage == "rm":
         model = reward_model_from_pretrained(cfg.model.path, dtype=cfg.model.dtype,
                                              param_dtype=cfg.model.param_dtype, seed=cfg.seed, mesh=mesh)
+        model = with_lora(model, cfg.model, mesh=mesh, seed=cfg.seed)
     else:
         model = load_policy(cfg.model, mesh=mesh, seed=cfg.seed)
-    graphdef, params, buffers = nnx.split(model, nnx.Param, ...)
+    graphdef, params, buffers = split_trained(model)  # the train state's split (LoRA: adapters + heads)
     tx = make_optimizer(cfg.train.optim, total_steps=1)  # the state's structure only
     abstract = jax.eval_shape(lambda: init_train_state(params, buffers, tx, cfg.seed))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])

@@ -99,11 +99,14 @@ def load_data(cfg: RMConfig, tokenizer):
 
 def load_model(cfg: RMConfig, mesh):
     from jaxrlhf.models import reward_model_from_pretrained
-    return reward_model_from_pretrained(cfg.model.path, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
-                                        remat=cfg.model.remat, mesh=mesh, seed=cfg.seed)
+    from jaxrlhf.stages.common import with_lora
+    model = reward_model_from_pretrained(cfg.model.path, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
+                                         remat=cfg.model.remat, mesh=mesh, seed=cfg.seed)
+    return with_lora(model, cfg.model, mesh=mesh, seed=cfg.seed)  # with LoRA: adapters + the score head train
 
 
-def build(cfg: RMConfig, *, graphdef, tx, mesh, train, eval_data):
+def build(cfg: RMConfig, *, graphdef, tx, mesh, train, eval_data, start_adapters=None):
+    del start_adapters  # no reference policy in this stage
     from jaxrlhf.sharding import to_host
     from jaxrlhf.stages.common import (SupervisedParts, add_sums, eval_batch_size, eval_batches, merged_model,
                                        with_mesh)

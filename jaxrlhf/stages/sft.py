@@ -73,7 +73,8 @@ def load_model(cfg: SFTConfig, mesh):
     return load_policy(cfg.model, mesh=mesh, seed=cfg.seed)
 
 
-def build(cfg: SFTConfig, *, graphdef, tx, mesh, train, eval_data):
+def build(cfg: SFTConfig, *, graphdef, tx, mesh, train, eval_data, start_adapters=None):
+    del start_adapters  # no reference policy in this stage
     from jaxrlhf.stages.common import (SupervisedParts, add_sums, eval_batch_size, eval_batches, merged_model,
                                        with_mesh)
     from jaxrlhf.steps.sft import sft_eval_step, sft_train_step
