@@ -292,7 +292,8 @@ class RLLearner:
         arrays = self._put(rollout.input_ids, rollout.attention_mask, rollout.gen.train_mask, scored.terminal,
                            rollout.gen.finished, sampler_log_probs)
         with jax.set_mesh(self.mesh):
-            experience, metrics = self.experience_fn(state, self.reference, *arrays, scored.dense)
+            reference = self.reference(state) if callable(self.reference) else self.reference
+            experience, metrics = self.experience_fn(state, reference, *arrays, scored.dense)
             state, train_metrics = self.update_fn(state, experience)
             state = state.replace(kl_coef=adaptive_kl_coef(state.kl_coef, metrics["kl"], target=kl.target,
                                                            horizon=kl.horizon, batch_size=self.cfg.train.batch_size))
@@ -404,12 +405,26 @@ class RLLearner:
 # --------------------------------------------------------------------------- the run
 
 
+def lora_reference(adapters):
+    """The LoRA reference: ``state -> (starting adapters, the actor's own buffers)``, i.e. the
+    same base arrays the actor uses (no second copy), with the adapters it started from."""
+    return lambda state: (adapters, state.actor.buffers)
+
+
 def load_rl_models(cfg: RLConfig, mesh, *, reference: bool = True):
     """(actor, reference or None, critic or None) as the config names them."""
     from jaxrlhf.models import from_pretrained, reward_model_from_pretrained
 
+    from jaxrlhf.stages.common import with_lora
+
     common = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, mesh=mesh)
-    actor = from_pretrained(cfg.model.path, remat=cfg.model.remat, **common)
+    actor = with_lora(from_pretrained(cfg.model.path, remat=cfg.model.remat, **common), cfg.model, mesh=mesh,
+                      seed=cfg.seed)
+    if cfg.model.lora is not None:  # the reference is the actor's base with its starting adapters
+        if cfg.reference_path not in (None, cfg.model.path):
+            raise ConfigError("with model.lora the reference is model.path with the starting adapters: "
+                              "leave reference_path unset")
+        reference = False
     if reference:
         reference = from_pretrained(cfg.reference_path or cfg.model.path, **common)
     critic = None
@@ -420,19 +435,24 @@ def load_rl_models(cfg: RLConfig, mesh, *, reference: bool = True):
                                               **common)
         if cfg.critic_zero_head:  # a reward model's head predicts scores, not returns: start from zero
             critic.score.set_value(jnp.zeros_like(critic.score.get_value()))
+        # LoRA: the critic (a reward model's weights, not the actor's) gets its own adapters on its own
+        # frozen base; its fresh adapters, never a PEFT folder meant for the actor
+        lora = cfg.model.lora and dataclasses.replace(cfg.model.lora, adapter=None)
+        critic = with_lora(critic, dataclasses.replace(cfg.model, lora=lora), mesh=mesh, seed=cfg.seed + 1)
     return actor, reference or None, critic
 
 
 def abstract_rl_state(cfg: RLConfig, actor, critic):
     """((actor graphdef, critic graphdef or None), the RL state's shapes) for restoring a checkpoint."""
+    from jaxrlhf.models.lora import split_trained
     from jaxrlhf.steps.common import init_train_state, make_optimizer
     from jaxrlhf.steps.rl import RLState
 
-    actor_graphdef, actor_params, actor_buffers = nnx.split(actor, nnx.Param, ...)
+    actor_graphdef, actor_params, actor_buffers = split_trained(actor)
     actor_tx = make_optimizer(cfg.train.actor_optim, 1)  # the state's structure only
     critic_graphdef, critic_state = None, None
     if critic is not None:
-        critic_graphdef, critic_params, critic_buffers = nnx.split(critic, nnx.Param, ...)
+        critic_graphdef, critic_params, critic_buffers = split_trained(critic)
         critic_tx = make_optimizer(cfg.train.critic_optim, 1)
         critic_state = lambda: init_train_state(critic_params, critic_buffers, critic_tx, cfg.seed + 1)
     ema = cfg.algorithm.averaging.kind == "ema"
@@ -474,6 +494,7 @@ def load_rl_prompts(cfg: RLConfig, tokenizer):
 def run_rl(cfg: RLConfig, *, resume: bool = False, stage: str = "ppo") -> dict:
     from jaxrlhf.data import batches_per_epoch, iterate_batches
     from jaxrlhf.models import load_tokenizer, save_pretrained
+    from jaxrlhf.models.lora import reference_adapters, split_trained
     from jaxrlhf.rewards import resolve_rules
     from jaxrlhf.sharding import make_mesh
     from jaxrlhf.stages.common import prepare_run_dir, restore_or_start
@@ -507,17 +528,21 @@ def run_rl(cfg: RLConfig, *, resume: bool = False, stage: str = "ppo") -> dict:
     updates = cfg.train.iterations * algo.epochs * algo.minibatches
     actor_tx = make_optimizer(cfg.train.actor_optim, updates)
     critic_tx = make_optimizer(cfg.train.critic_optim, updates) if critic is not None else None
-    actor_graphdef, actor_params, actor_buffers = nnx.split(actor, nnx.Param, ...)
-    critic_graphdef, critic_params, critic_buffers = (nnx.split(critic, nnx.Param, ...) if critic is not None
+    # LoRA: adapters (and the critic's head) are trained, each frozen base rides in its state's buffers
+    actor_graphdef, actor_params, actor_buffers = split_trained(actor)
+    critic_graphdef, critic_params, critic_buffers = (split_trained(critic) if critic is not None
                                                       else (None, None, None))
-    _, ref_params, ref_buffers = nnx.split(reference, nnx.Param, ...)
     state, state_sh = init_rl_state(actor_params, actor_buffers, critic_params, critic_buffers, actor_tx, critic_tx,
                                     kl_coef=algo.kl.coef, seed=cfg.seed, mesh=mesh,
                                     ema=algo.averaging.kind == "ema")
-    del actor, critic, actor_params, critic_params  # the state holds them now
+    del actor, critic, actor_params, critic_params, actor_buffers, critic_buffers  # the state holds copies now
+    if reference is None:  # LoRA: the starting adapters (taken before a resume) on the actor's own base
+        reference = lora_reference(reference_adapters(state.actor.params))
+    else:
+        reference = tuple(nnx.split(reference, nnx.Param, ...)[1:])
     state, start = restore_or_start(checkpointer, state, resume=resume)
     learner = RLLearner(cfg, mesh=mesh, tokenizer=tokenizer, actor_graphdef=actor_graphdef,
-                        critic_graphdef=critic_graphdef, reference=(ref_params, ref_buffers), scorer=scorer,
+                        critic_graphdef=critic_graphdef, reference=reference, scorer=scorer,
                         examples=examples, actor_tx=actor_tx, critic_tx=critic_tx, state_shardings=state_sh)
 
     def batches(epoch: int, start_batch: int):
