@@ -82,7 +82,7 @@ def mlp_size(args) -> int:
 
 def describe(args) -> str:
     return (f"Llama d={args.hidden} layers={args.layers} heads={args.heads}/{args.kv_heads} "
-            f"mlp={mlp_size(args)} vocab={args.vocab}, {args.dtype}")
+            f"mlp={mlp_size(args)} vocab={args.vocab}, {args.dtype}, attention {getattr(args, 'attention', 'auto')}")
 
 
 # --------------------------------------------------------------------------- flags
@@ -106,6 +106,9 @@ def add_common_args(parser: argparse.ArgumentParser, *, batch: int, batch_help: 
                    help="compute dtype: bfloat16 is mixed precision for training (float32 params and "
                         "optimizer state on both sides), bf16 weights for generation")
     g.add_argument("--batch", type=int, default=batch, help=batch_help)
+    g.add_argument("--attention", default="auto", choices=["auto", "xla", "chunked", "cudnn", "splash"],
+                   help="jaxrlhf's attention backend (model.attention; the training steps use it, "
+                        "decoding stays on xla)")
     g.add_argument("--torch-threads", type=int, default=0,
                    help="CPU threads for the torch peers (0: torch's default); 1 on a CPU busy with other "
                         "work, where OpenMP threads stall waiting for each other")

@@ -12,6 +12,8 @@
 # transformers, datasets and trl (a missing one becomes a "skipped" row).
 # Every size below can be overridden from the environment (HIDDEN=512 LAYERS=4 ...);
 # ALLOW_CPU=1 skips the GPU check (a smoke test of this script on CPU with small sizes).
+# First the RM and SFT steps once per attention backend (ATTENTIONS, default "cudnn chunked xla"),
+# at SEQ and 2 x SEQ, then the whole suite with model.attention=auto (cudnn in bfloat16 on a GPU).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -35,6 +37,18 @@ timing=()  # timed steps / runs / iterations: the scripts' defaults, or fewer wi
 if [[ -n "${STEPS:-}" ]]; then timing+=(--steps "$STEPS"); fi
 if [[ -n "${REPEATS:-}" ]]; then timing+=(--repeats "$REPEATS"); fi
 if [[ -n "${ITERATIONS:-}" ]]; then timing+=(--iterations "$ITERATIONS"); fi
+
+# The attention backends side by side on the training steps (ours only; decoding uses xla):
+# cuDNN flash attention, the blockwise chunked path and the [T, T]-scores xla path, at SEQ and at
+# twice SEQ. ATTENTIONS="" skips this pass; the full suite below runs with model.attention=auto.
+for seq in "${SEQ:-512}" "$(( 2 * ${SEQ:-512} ))"; do
+    for attention in ${ATTENTIONS-cudnn chunked xla}; do
+        echo "== attention=$attention, T=$seq: RM and SFT steps (jaxrlhf only)"
+        "$PYTHON" benchmarks/run_all.py --isolate --only jaxrlhf --benchmarks rm sft --attention "$attention" \
+            "${model[@]}" "${rm_sft[@]}" --seq "$seq" ${timing[@]+"${timing[@]}"} "$@" \
+            || echo "gpu.sh: attention=$attention at T=$seq failed (see above)"
+    done
+done
 
 exec "$PYTHON" benchmarks/run_all.py --isolate "${model[@]}" "${rm_sft[@]}" "${sampler[@]}" "${ppo[@]}" \
     ${timing[@]+"${timing[@]}"} "$@"

@@ -39,13 +39,14 @@ def ranked_rows(n: int, k: int, prompt_chars: int, response_chars: int, seed: in
 def ours(folder: Path, rows, k: int, args) -> list[float]:
     from jaxrlhf.data import RankedExample, tokenize_ranked
     from jaxrlhf.models import load_tokenizer, reward_model_from_pretrained
+    from jaxrlhf.models.base import set_attention
     from jaxrlhf.steps.rm import rm_train_step
 
     examples = [RankedExample(r["prompt"], tuple(r["responses"]), tuple(r["scores"]), "bench", i)
                 for i, r in enumerate(rows)]
     arrays = tokenize_ranked(examples, load_tokenizer(folder), max_length=args.max_length, num_slots=k)
-    step, state = common.jitted_train_step(reward_model_from_pretrained(folder, dtype=args.dtype),
-                                           rm_train_step, args.steps + WARMUP)
+    model = set_attention(reward_model_from_pretrained(folder, dtype=args.dtype), args.attention)
+    step, state = common.jitted_train_step(model, rm_train_step, args.steps + WARMUP)
     return common.time_jax_steps(step, state, common.device_batches(arrays, args.batch), args.steps)
 
 

@@ -41,6 +41,8 @@ def parse(argv):
     for flag in ("--hidden", "--layers", "--heads", "--kv-heads", "--vocab", "--mlp"):
         g.add_argument(flag, type=int)
     g.add_argument("--dtype", choices=["float32", "bfloat16"])
+    g.add_argument("--attention", choices=["auto", "xla", "chunked", "cudnn", "splash"],
+                   help="jaxrlhf's attention backend in the RM and SFT steps (default: auto)")
     g.add_argument("--torch-threads", type=int, help="CPU threads for the torch peers (see the scripts' help)")
     g = parser.add_argument_group("batch and lengths (default: each script's)")
     g.add_argument("--rm-batch", type=int, help="RM: prompts per step")
@@ -77,9 +79,10 @@ def script_argv(args) -> dict[str, list[str]]:
                    "--kv-heads": args.kv_heads, "--vocab": args.vocab, "--mlp": args.mlp, "--dtype": args.dtype,
                    "--torch-threads": args.torch_threads})
     steps = quick(args.steps, 4)
+    model_train = model + flags({"--attention": args.attention})  # the steps that train; decoding stays on xla
     return {
-        "rm": model + flags({"--batch": args.rm_batch, "--k": args.k, "--max-length": args.seq, "--steps": steps}),
-        "sft": model + flags({"--batch": args.sft_batch, "--max-length": args.seq, "--steps": steps}),
+        "rm": model_train + flags({"--batch": args.rm_batch, "--k": args.k, "--max-length": args.seq, "--steps": steps}),
+        "sft": model_train + flags({"--batch": args.sft_batch, "--max-length": args.seq, "--steps": steps}),
         "generate": model + flags({"--batch": args.gen_batch, "--prompt": args.prompt, "--new": args.new,
                                    "--repeats": quick(args.repeats, 3)}),
         "ppo": model + flags({"--batch": args.ppo_batch, "--prompt": args.ppo_prompt, "--new": args.ppo_new,

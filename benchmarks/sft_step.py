@@ -38,12 +38,14 @@ def sft_rows(n: int, length: int, seed: int = 0) -> list[dict]:
 def ours(folder: Path, rows, args) -> list[float]:
     from jaxrlhf.data.sft import SFTExample, tokenize_sft
     from jaxrlhf.models import from_pretrained, load_tokenizer
+    from jaxrlhf.models.base import set_attention
     from jaxrlhf.steps.sft import sft_train_step
 
     examples = [SFTExample(r["prompt"], r["completion"], "bench", i) for i, r in enumerate(rows)]
     arrays = tokenize_sft(examples, load_tokenizer(folder), max_length=args.max_length)
     assert arrays.attention_mask.all(), "rows must fill --max-length exactly (no padding)"
-    step, state = common.jitted_train_step(from_pretrained(folder, dtype=args.dtype), sft_train_step,
+    model = set_attention(from_pretrained(folder, dtype=args.dtype), args.attention)
+    step, state = common.jitted_train_step(model, sft_train_step,
                                            args.steps + WARMUP)
     return common.time_jax_steps(step, state, common.device_batches(arrays, args.batch), args.steps)
 

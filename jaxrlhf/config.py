@@ -83,6 +83,8 @@ class ModelConfig:
     dtype: str = "float32"  # compute dtype of activations (bfloat16 on accelerators)
     param_dtype: str = "float32"  # storage dtype of parameters and optimizer state
     remat: bool = False  # recompute each block's activations in the backward pass
+    # how attention is computed (jaxrlhf.models.attention): auto picks per platform and length
+    attention: typing.Literal["auto", "xla", "chunked", "cudnn", "splash"] = "auto"
     lora: LoRAConfig | None = None  # train LoRA adapters (and heads) on a frozen base instead of every weight
 
     def __post_init__(self):

@@ -13,7 +13,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
-from jaxrlhf.models.layers import KVCache, attention_mask
+from jaxrlhf.models.attention import AttentionMask, resolve_backend
+from jaxrlhf.models.layers import KVCache
 from jaxrlhf.sharding import constrain
 
 BATCH_LEN_EMBED = ("act_batch", "act_len", "act_embed")
@@ -35,21 +36,14 @@ def as_dtype(dtype) -> Any:
     return dtype
 
 
-def segment_positions_and_mask(segment_ids: jax.Array) -> tuple[jax.Array, jax.Array]:
-    """Positions restarting in each packed segment, and a causal mask within segments.
-
-    segment_ids: [B, T] (0 = padding) -> positions [B, T], mask [B, T, T].
-    """
+def segment_positions(segment_ids: jax.Array) -> jax.Array:
+    """Positions restarting in each packed segment: segment_ids [B, T] -> positions [B, T]."""
     t = segment_ids.shape[1]
     index = jnp.arange(t, dtype=jnp.int32)
     starts = jnp.concatenate([jnp.ones_like(segment_ids[:, :1], dtype=bool),
                               segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1)
     segment_start = jax.lax.cummax(jnp.where(starts, index, 0), axis=1)
-    positions = index - segment_start
-    same = segment_ids[:, :, None] == segment_ids[:, None, :]
-    causal = index[None, :] <= index[:, None]
-    mask = same & causal[None] & (segment_ids[:, None, :] > 0)
-    return positions, mask
+    return index - segment_start
 
 
 @flax.struct.dataclass
@@ -104,6 +98,7 @@ class CausalLM(nnx.Module):
     config: ArchConfig
     remat: bool
     layers: nnx.List
+    attention: str = "auto"  # model.attention: see jaxrlhf.models.attention (set_attention)
 
     def embed(self, input_ids: jax.Array, positions: jax.Array) -> jax.Array:
         raise NotImplementedError
@@ -132,14 +127,16 @@ class CausalLM(nnx.Module):
         key_valid = attention_mask_.astype(bool)
         if cache is None and key_valid.shape[1] != t:
             raise ValueError(f"attention_mask has {key_valid.shape[1]} slots but input_ids {t} tokens")
+        backend = resolve_backend(self.attention, query_len=t, dtype=self.dtype, cached=cache is not None)
         if segment_ids is not None:
             if cache is not None:
                 raise ValueError("segment_ids (packed rows) cannot be combined with a KV cache")
-            positions, mask = segment_positions_and_mask(segment_ids)
+            positions = segment_positions(segment_ids)
+            mask = AttentionMask.packed(segment_ids, backend)
         else:
             all_positions = jnp.maximum(jnp.cumsum(key_valid, axis=-1, dtype=jnp.int32) - 1, 0)
             positions = jax.lax.dynamic_slice_in_dim(all_positions, index, t, axis=1)  # [B, T]
-            mask = attention_mask(key_valid, t, index)  # [B, T, S]
+            mask = AttentionMask.causal(key_valid, t, index, backend)  # per token: no [T, S] matrix
 
         x = constrain(self.embed(input_ids, positions), BATCH_LEN_EMBED)
 
@@ -164,3 +161,13 @@ class CausalLM(nnx.Module):
         hidden, cache = self.hidden_states(input_ids, attention_mask, cache, segment_ids)
         logits = constrain(self.unembed(hidden), ("act_batch", "act_len", "act_vocab"))
         return CausalLMOutput(logits=logits.astype(jnp.float32), hidden=hidden, cache=cache)
+
+
+def set_attention(model: nnx.Module, backend: str) -> nnx.Module:
+    """Run every causal LM inside ``model`` (a reward model's backbone too) with ``backend``
+    (``model.attention``: auto, xla, chunked, cudnn or splash)."""
+    resolve_backend(backend, query_len=1, dtype=jnp.float32, cached=False)  # fails early on a bad name/platform
+    for _, module in nnx.iter_modules(model):
+        if isinstance(module, CausalLM):
+            module.attention = backend
+    return model

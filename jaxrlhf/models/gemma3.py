@@ -23,8 +23,8 @@ from flax import nnx
 
 from jaxrlhf.models.base import ArchConfig, CausalLM, as_dtype
 from jaxrlhf.models.layers import (Embedding, GemmaRMSNorm, KVCache, LayerCache, Linear, activation,
-                                   apply_rope, dot_product_attention, rope_inv_freq, sliding_window_mask,
-                                   soft_cap, write_cache)
+                                   apply_rope, dot_product_attention, rope_inv_freq, soft_cap,
+                                   write_cache)
 from jaxrlhf.models.llama import LlamaMLP
 from jaxrlhf.sharding import constrain
 
@@ -188,7 +188,7 @@ class Gemma3Attention(nnx.Module):
         self.scale = float(config.query_pre_attn_scalar) ** -0.5
 
     def __call__(self, x, positions, mask, layer_cache: LayerCache | None, index):
-        # x: [B, T, E]; positions: [B, T]; mask: [B, T, S]
+        # x: [B, T, E]; positions: [B, T]; mask: which of S key slots each query sees
         inv_freq = jnp.asarray(self.inv_freq, jnp.float32)
         q = self.q_norm(self.q_proj(x))  # [B, T, H, D]
         k = self.k_norm(self.k_proj(x))  # [B, T, K, D]
@@ -199,7 +199,7 @@ class Gemma3Attention(nnx.Module):
             layer_cache = write_cache(layer_cache, k, v, index)
             k, v = layer_cache.k.astype(q.dtype), layer_cache.v.astype(q.dtype)
         if self.window is not None:
-            mask = sliding_window_mask(mask, index, self.window)
+            mask = mask.with_window(self.window)
         out = dot_product_attention(q, k, v, mask, self.scale)  # no attention soft-cap: see the module doc
         return self.o_proj(out), layer_cache
 

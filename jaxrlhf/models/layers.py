@@ -16,6 +16,8 @@ import jax.numpy as jnp
 import numpy as np
 from flax import nnx
 
+from jaxrlhf.models.attention import AttentionMask, attend, in_window, soft_cap  # noqa: F401 (soft_cap: re-exported)
+
 Axes = tuple[str | None, ...]
 
 
@@ -98,11 +100,6 @@ class GemmaRMSNorm(nnx.Module):
         x32 = x.astype(jnp.float32)
         x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + self.eps)
         return (x32 * (1.0 + self.weight[...].astype(jnp.float32))).astype(self.dtype)
-
-
-def soft_cap(x: jax.Array, cap: float | None) -> jax.Array:
-    """Gemma 2/3 logit soft-capping ``tanh(x / cap) * cap`` (identity when ``cap`` is None)."""
-    return x if cap is None else jnp.tanh(x / cap) * cap
 
 
 class LayerNorm(nnx.Module):
@@ -210,40 +207,31 @@ def write_cache(cache: LayerCache, k: jax.Array, v: jax.Array, index: jax.Array)
 
 
 def attention_mask(key_valid: jax.Array, query_len: int, index: jax.Array | int) -> jax.Array:
-    """Causal mask over key slots for queries at slots ``index .. index + query_len``.
+    """The dense causal mask over key slots for queries at slots ``index .. index + query_len``.
 
     key_valid: [B, S] bool -> mask [B, T, S]. Left padding is masked via ``key_valid``;
-    a padded query row may end up with no allowed key, which the softmax below handles
-    with a finite fill value (its output is garbage and must be ignored by the caller).
+    a padded query row may end up with no allowed key (its output is garbage and must be
+    ignored by the caller). The models pass :class:`AttentionMask` instead; this is its
+    ``dense()`` form, the rule being :func:`jaxrlhf.models.attention.visible`.
     """
-    q_slot = index + jnp.arange(query_len)
-    k_slot = jnp.arange(key_valid.shape[1])
-    causal = k_slot[None, :] <= q_slot[:, None]  # [T, S]
-    return causal[None] & key_valid[:, None, :].astype(bool)
+    return AttentionMask.causal(key_valid, query_len, index).dense()
 
 
 def sliding_window_mask(mask: jax.Array, index: jax.Array | int, window: int) -> jax.Array:
-    """Restrict a ``[B, T, S]`` mask to the last ``window`` key slots of each query slot.
+    """Restrict a dense ``[B, T, S]`` mask to the last ``window`` key slots of each query slot.
 
     Query slots are ``index .. index + T``; a key slot ``k`` is kept iff
     ``k > q - window`` (transformers' ``sliding_window_overlay``). Slots, not positions:
     left padding sits before every real token, so among real tokens the two differ by a
-    constant per row and the window is the same.
+    constant per row and the window is the same. (Gemma 3 uses ``AttentionMask.with_window``,
+    which applies the same rule inside every backend.)
     """
-    q_slot = index + jnp.arange(mask.shape[1])
-    k_slot = jnp.arange(mask.shape[2])
-    return mask & (k_slot[None, :] > q_slot[:, None] - window)[None]
+    return mask & in_window(index + jnp.arange(mask.shape[1]), jnp.arange(mask.shape[2]), window)[None]
 
 
-def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array,
+def dot_product_attention(q: jax.Array, k: jax.Array, v: jax.Array, mask: AttentionMask,
                           scale: float, softcap: float | None = None) -> jax.Array:
-    # q: [B, T, H, D]; k, v: [B, S, K, D] with H a multiple of K (grouped-query); mask: [B, T, S]
-    b, t, h, d = q.shape
-    kv_heads = k.shape[2]
-    q = q.reshape(b, t, kv_heads, h // kv_heads, d)
-    scores = jnp.einsum("btkgd,bskd->bkgts", q, k, preferred_element_type=jnp.float32) * scale
-    scores = soft_cap(scores, softcap)  # capped before masking, as transformers does
-    scores = jnp.where(mask[:, None, None], scores, jnp.finfo(jnp.float32).min)
-    probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v)
-    return out.reshape(b, t, h, d)
+    """Attention by the backend ``mask`` carries (xla, chunked, cudnn or splash; see
+    :mod:`jaxrlhf.models.attention`). ``mask`` describes the visible keys per token."""
+    # q: [B, T, H, D]; k, v: [B, S, K, D] with H a multiple of K (grouped-query) -> [B, T, H, D]
+    return attend(q, k, v, mask, scale, softcap)

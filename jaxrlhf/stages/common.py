@@ -448,7 +448,16 @@ def load_policy(model_cfg, *, mesh: Mesh, seed: int):
         model = create_model(arch, seed=seed, **common)
     else:
         raise ConfigError("set model.path (a Hugging Face folder) or model.arch (an architecture YAML)")
-    return with_lora(model, model_cfg, mesh=mesh, seed=seed)
+    return with_lora(with_attention(model, model_cfg), model_cfg, mesh=mesh, seed=seed)
+
+
+def with_attention(model, model_cfg):
+    """``model`` computing attention with the backend ``model.attention`` names."""
+    from jaxrlhf.models.base import set_attention
+    try:
+        return set_attention(model, model_cfg.attention)
+    except ValueError as e:  # a kernel for another platform: one line naming the key
+        raise ConfigError(str(e)) from None
 
 
 def with_lora(model, model_cfg, *, mesh: Mesh, seed: int):

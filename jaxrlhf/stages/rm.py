@@ -99,9 +99,10 @@ def load_data(cfg: RMConfig, tokenizer):
 
 def load_model(cfg: RMConfig, mesh):
     from jaxrlhf.models import reward_model_from_pretrained
-    from jaxrlhf.stages.common import with_lora
+    from jaxrlhf.stages.common import with_attention, with_lora
     model = reward_model_from_pretrained(cfg.model.path, dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype,
                                          remat=cfg.model.remat, mesh=mesh, seed=cfg.seed)
+    model = with_attention(model, cfg.model)
     return with_lora(model, cfg.model, mesh=mesh, seed=cfg.seed)  # with LoRA: adapters + the score head train
 
 
