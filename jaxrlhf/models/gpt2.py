@@ -95,7 +95,7 @@ class GPT2Attention(nnx.Module):
         self.scale = scale
 
     def __call__(self, x, mask, layer_cache: LayerCache | None, index):
-        # x: [B, T, E]; mask: [B, T, S]
+        # x: [B, T, E]; mask: an AttentionMask (which of S key slots each query sees, and the backend)
         q = constrain(self.q_proj(x), ("act_batch", "act_len", "act_heads", None))
         k, v = self.k_proj(x), self.v_proj(x)
         if layer_cache is not None:

@@ -161,7 +161,7 @@ class LlamaAttention(nnx.Module):
         self.scale = d ** -0.5
 
     def __call__(self, x, positions, mask, layer_cache: LayerCache | None, index):
-        # x: [B, T, E]; positions: [B, T]; mask: [B, T, S]
+        # x: [B, T, E]; positions: [B, T]; mask: an AttentionMask (which of S key slots each query sees)
         inv_freq = jnp.asarray(self.inv_freq, jnp.float32)
         q, k = self.q_proj(x), self.k_proj(x)  # [B, T, H, D], [B, T, K, D]
         if self.q_norm is not None:
