@@ -435,6 +435,11 @@ def add_plan(sub) -> None:
     p.add_argument("--new-tokens", type=int, default=512, help="PPO response tokens")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--no-remat", action="store_true", help="keep activations (no per-block remat)")
+    p.add_argument("--lora-rank", type=int, default=0,
+                   help="also plan the PPO iteration with LoRA adapters of this rank (0: full fine-tuning only)")
+    p.add_argument("--lora-targets", default="all-linear", help="comma-separated q,k,v,o,gate,up,down or all-linear")
+    p.add_argument("--lora-base-dtype", default="bfloat16", choices=["float32", "bfloat16"],
+                   help="storage dtype of the frozen base in the LoRA plan")
     p.set_defaults(run=run_plan)
 
 
@@ -459,6 +464,17 @@ def run_plan(args) -> int:
     if args.stage in ("ppo", "all"):
         plans.append(plan_ppo_iteration(arch, mesh, batch=batch, prompt=args.prompt,
                                         new_tokens=args.new_tokens, **common))
+        if args.lora_rank:  # the same iteration with adapters on frozen bases, beside full fine-tuning
+            from jaxrlhf.config import ConfigError, LoRAConfig
+            try:
+                lora = LoRAConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank,
+                                  targets=tuple(args.lora_targets.split(",")))
+            except ValueError as e:
+                raise ConfigError(f"--lora-rank/--lora-targets: {e}") from None
+            print(f"LoRA: rank {lora.rank} on {', '.join(lora.target_names())}; {args.lora_base_dtype} "
+                  "frozen bases, float32 adapters + Adam")
+            plans.append(plan_ppo_iteration(arch, mesh, batch=batch, prompt=args.prompt, new_tokens=args.new_tokens,
+                                            param_dtype=args.lora_base_dtype, lora=lora, **common))
     print(format_plan(plans))
     return 0
 

@@ -50,12 +50,23 @@ def _memory(name: str, compiled, arguments) -> MemoryPlan:
     return MemoryPlan(name, per_device_bytes(arguments), int(compiled.memory_analysis().temp_size_in_bytes))
 
 
-def _abstract_models(arch, mesh, dtype, param_dtype, remat):
+def _abstract_models(arch, mesh, dtype, param_dtype, remat, lora=None):
+    """(policy, reward model) as (graphdef, params, buffers) of abstract sharded arrays; with
+    ``lora`` both carry adapters and split as training does (adapters + heads | frozen base)."""
     from jaxrlhf.models.io import _backbone_factory, _reward_factory
+    from jaxrlhf.models.lora import add_lora, split_trained
     from jaxrlhf.sharding import state_shardings
 
+    def adapted(factory):
+        def make():
+            model = factory()
+            if lora is not None:
+                add_lora(model, lora)
+            return model
+        return make
+
     def split(factory):
-        graphdef, params, buffers = nnx.split(nnx.eval_shape(factory), nnx.Param, ...)
+        graphdef, params, buffers = split_trained(nnx.eval_shape(adapted(factory)))
         return graphdef, _abstract(params, state_shardings(params, mesh)), _abstract(buffers, state_shardings(buffers, mesh))
 
     common = dict(dtype=dtype, param_dtype=param_dtype, remat=remat, seed=0)
@@ -86,16 +97,20 @@ def plan_rm_step(arch, mesh, *, batch: int, k: int, seq: int, dtype="bfloat16", 
 
 
 def plan_ppo_iteration(arch, mesh, *, batch: int, prompt: int, new_tokens: int, dtype="bfloat16",
-                       param_dtype="float32", remat: bool = True) -> MemoryPlan:
+                       param_dtype="float32", remat: bool = True, lora=None) -> MemoryPlan:
     """Scoring + PPO update in one program, with the learner's own pure functions
     (``make_experience``, ``update_policy``) and a default algorithm (GAE with a
     critic, 2 epochs x 2 minibatches, EMA of the actor): actor and critic trained (with optimizer
-    state), reference and reward model frozen, all resident."""
+    state), reference and reward model frozen, all resident.
+
+    ``lora`` (a LoRAConfig): as a LoRA run holds it: actor and critic train adapters (and the
+    critic's head) on frozen bases of ``param_dtype``; the reference is the actor's base with
+    the starting adapters (no tree of its own); the reward model is frozen in ``param_dtype``."""
     from jaxrlhf.algorithms import AlgorithmConfig, AveragingConfig
     from jaxrlhf.steps.common import OptimConfig, init_train_state, make_optimizer, train_state_shardings
     from jaxrlhf.steps.rl import RLState, make_experience, update_policy
 
-    (pol_g, pol_p, pol_b), (rm_g, rm_p, rm_b) = _abstract_models(arch, mesh, dtype, param_dtype, remat)
+    (pol_g, pol_p, pol_b), (rm_g, rm_p, rm_b) = _abstract_models(arch, mesh, dtype, param_dtype, remat, lora)
     tx = make_optimizer(OptimConfig(), 1000)
     replicated = NamedSharding(mesh, P())
     actor = jax.eval_shape(lambda: init_train_state(pol_p, pol_b, tx, 0))
@@ -117,16 +132,22 @@ def plan_ppo_iteration(arch, mesh, *, batch: int, prompt: int, new_tokens: int, 
     finished = jax.ShapeDtypeStruct((batch,), jnp.bool_, sharding=row)
 
     def iteration(state, reference, reward_model, input_ids, attention_mask, response_mask, finished):
+        if lora is not None:  # the starting adapters on the actor's own base
+            reference = (reference, state.actor.buffers)
         scores = nnx.merge(rm_g, *reward_model)(input_ids, attention_mask)
         experience, _ = make_experience(state, reference, input_ids, attention_mask, response_mask, scores,
                                         finished, group_size=1, **static)
         return update_policy(state, experience, actor_tx=tx, critic_tx=tx, **static)
 
     step = jax.jit(iteration, out_shardings=(state_sh, None), donate_argnums=0)
-    arguments = (_abstract(state, state_sh), (pol_p, pol_b), (rm_p, rm_b), ids, ids, resp, finished)
+    # with LoRA the frozen RM is counted with adapters of its own (a few MiB over a merged RM)
+    reference = (pol_p, pol_b) if lora is None else pol_p
+    arguments = (_abstract(state, state_sh), reference, (rm_p, rm_b), ids, ids, resp, finished)
     with jax.set_mesh(mesh):
         compiled = step.lower(*arguments).compile()
-    return _memory("PPO iteration (actor, critic, reference, RM)", compiled, arguments)
+    name = "PPO iteration (actor, critic, reference, RM)"
+    return _memory(name if lora is None else f"PPO iteration LoRA r{lora.rank} (actor,critic,ref,RM)", compiled,
+                   arguments)
 
 
 def format_plan(plans: list[MemoryPlan]) -> str:

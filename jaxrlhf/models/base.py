@@ -46,6 +46,24 @@ def segment_positions(segment_ids: jax.Array) -> jax.Array:
     return index - segment_start
 
 
+def remat_block(run_block):
+    """``run_block`` recomputed in the backward pass, as a pure function of the block's state.
+
+    Why not ``nnx.remat``: it writes the block's variables back after the call, and with LoRA the
+    frozen base Params come from the train state's buffers, outside the gradient's trace, where
+    that write-back is refused (TraceContextError). A block's forward changes no state."""
+    def pure(graphdef, state, *args):
+        return run_block(nnx.merge(graphdef, state), *args)
+
+    checkpointed = jax.checkpoint(pure, static_argnums=(0,), prevent_cse=True)
+
+    def call(block, *args):
+        graphdef, state = nnx.split(block)
+        return checkpointed(graphdef, state, *args)
+
+    return call
+
+
 @flax.struct.dataclass
 class CausalLMOutput:
     logits: jax.Array  # [B, T, V] float32
@@ -144,7 +162,7 @@ class CausalLM(nnx.Module):
             return block(x, positions, mask, layer_cache, index)
 
         if self.remat:
-            run_block = nnx.remat(run_block, prevent_cse=True)
+            run_block = remat_block(run_block)
         new_layers = []
         for i, block in enumerate(self.layers):
             layer_cache = None if cache is None else cache.layers[i]
