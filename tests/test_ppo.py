@@ -437,3 +437,30 @@ def test_ppo_trains_on_each_prompts_best_and_worst_samples(setup, tmp_path):
     # the kept half is centred on its own mean; the score is logged over all 64 samples
     assert all(abs(h["shaped_score"]) < 1e-5 for h in history)
     assert all("trained_score" in h for h in history)
+
+
+def test_held_out_greedy_eval_on_prompts_never_rolled_out(setup, tmp_path):
+    """data.eval_fraction holds prompts out of the rollouts; train.eval_every scores greedy answers to
+    them with the same rewards, logged as eval and saved as results.json["eval"]."""
+    from jaxrlhf.config import load_config
+    from jaxrlhf.models import load_tokenizer
+    from jaxrlhf.stages.rl import RLConfig, load_rl_prompts
+
+    model, prompts = setup
+    cfg_file = ppo_yaml(tmp_path, model, prompts, iterations=4, batch=8,
+                        extra="  eval_every: 2\n  eval_batch_size: 8")
+    sets = ["data.eval_fraction=0.25"]
+    args = ["ppo", "--config", cfg_file, "--set", f"output_dir={tmp_path / 'run'}"]
+    assert main(args + [a for s in sets for a in ("--set", s)]) == 0
+    rows = [json.loads(line) for line in (tmp_path / "run" / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if r["split"] == "eval"]
+    assert [r["step"] for r in evals] == [2, 4]
+    results = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert results["eval"]["prompts"] == 16.0  # a quarter of the 64 prompts
+    assert results["eval"]["score"] == evals[-1]["score"] and 0.0 <= results["eval"]["score"] <= 1.0
+    assert "score" in results["last_rollout"]
+    # the held-out rows are not among the rollout prompts
+    cfg = load_config(RLConfig, cfg_file, sets)
+    examples, rollout, held_out, _ = load_rl_prompts(cfg, load_tokenizer(model))
+    assert len(held_out) == 16 and len(rollout) == 48
+    assert not set(rollout.index.tolist()) & set(held_out.index.tolist())
