@@ -90,6 +90,7 @@ BLOCKS = ([("left-padding", (16, 16)), ("left-padding", (1, 3)), ("window-packed
           + [(case, (4, 5)) for case in sorted(CASES)])
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case,blocks", BLOCKS, ids=[f"{c}-{q}x{k}" for c, (q, k) in BLOCKS])
 def test_chunked_equals_xla(case, blocks):
     """Uneven blocks (13 tokens in blocks of 4 and 5, or 1 and 3) exercise the block padding
@@ -102,6 +103,7 @@ def test_chunked_equals_xla(case, blocks):
     assert fwd < TOL and bwd < TOL, (fwd, bwd)
 
 
+@pytest.mark.slow
 def test_chunked_with_a_query_offset():
     """Queries at slots 5.. of 12 keys (a cache-like index) see the right keys."""
     valid = jnp.asarray(np.r_[[False] * 2, [True] * 10][None], bool)
@@ -133,6 +135,7 @@ def _splash_runs_here() -> bool:
         return False
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(not _splash_runs_here(), reason="this JAX has no Pallas splash attention")
 @pytest.mark.parametrize("case", ["left-padding", "packed", "window-packed", "softcap"])
 def test_splash_equals_xla_in_interpret_mode(case):
@@ -186,6 +189,7 @@ def test_model_attention_is_a_config_key(tmp_path):
         load_config(RunConfig, path, ["model.attention=flash"])
 
 
+@pytest.mark.slow
 def test_stages_apply_model_attention():
     """The stages' loaders set model.attention on the LM (inside a reward model too); a kernel
     for another platform is a one-line config error."""
@@ -237,6 +241,7 @@ PORT_CASES = [pytest.param(port, packed, id=f"{port}-{'packed' if packed else 'l
               for port in sorted(PORTS) for packed in (False, True)]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("port,packed", PORT_CASES)
 def test_ports_give_the_same_logits_and_gradients_with_chunked(port, packed, monkeypatch):
     """Blocks of 8 so that the 21-token rows span three of them. Gradients are compared

@@ -127,6 +127,7 @@ def assert_cut_changes_nothing(run, batch):
                  cut_params)
 
 
+@pytest.mark.slow
 def test_cut_rm_batch_gives_the_same_steps(model_dir):
     examples = [RankedExample(r["prompt"], tuple(x[0] for x in r["response"]), tuple(map(float, r["score"])),
                               "mem", i + 1) for i, r in enumerate(ranked_rows(8, k=3, seed=2))]
@@ -138,6 +139,7 @@ def test_cut_rm_batch_gives_the_same_steps(model_dir):
     assert_cut_changes_nothing(lambda b: two_steps(step, params, buffers, tx, b), batch)
 
 
+@pytest.mark.slow
 def test_cut_dpo_batch_gives_the_same_steps(model_dir):
     pairs = [RankedExample(r["prompt"], (r["chosen"], r["rejected"]), (1.0, 0.0), "mem", i)
              for i, r in enumerate(copy_pairs(8))]

@@ -26,6 +26,7 @@ def test_help_lists_commands(capsys):
         assert f"usage: jaxrlhf {name}" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("arch", ["llama", "qwen2", "gpt2"])
 def test_init_model_then_inspect(arch, tmp_path, capsys):
     out_dir = tmp_path / "model"

@@ -1,11 +1,13 @@
 """`jaxrlhf demo` end to end at smoke size: every stage runs, the report is written, a
 re-run skips finished stages. (The score thresholds need the full size: see README.)"""
 
+import pytest
 import json
 
 from jaxrlhf.cli import main
 
 
+@pytest.mark.slow
 def test_demo_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
     out = tmp_path / "demo"
     assert main(["demo", "--size", "smoke", "--out", str(out)]) == 0

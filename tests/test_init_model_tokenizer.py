@@ -65,6 +65,7 @@ train: {{epochs: 1, batch_size: 4, log_every: 1, eval_every: 0}}
     assert (tmp_path / "sft" / "final" / "tokenizer.json").exists()
 
 
+@pytest.mark.slow
 def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path, capsys):
     wide = tmp_path / "wide"
     build_char_tokenizer(WIDE, out_dir=wide)

@@ -45,6 +45,7 @@ def port(request, tmp_path_factory):
     return request.param, folder, hf
 
 
+@pytest.mark.slow
 def test_zero_initialised_adapters_equal_the_base_exactly(port):
     name, folder, _ = port
     ids, mask = left_padded_batch(total=12)
@@ -57,6 +58,7 @@ def test_zero_initialised_adapters_equal_the_base_exactly(port):
     np.testing.assert_array_equal(np.asarray(model(ids, mask).logits), base)
 
 
+@pytest.mark.slow
 def test_merged_equals_unmerged_and_peft_on_the_base_equals_ours(port, tmp_path):
     name, folder, hf_base = port
     ids, mask = left_padded_batch(total=12)
@@ -101,6 +103,7 @@ def test_lora_config_from_yaml_keys(tmp_path):
         from_dict(SFTConfig, {"model": {"path": "x", "lora": {"rank": 0}}})
 
 
+@pytest.mark.slow
 def test_only_adapters_and_heads_are_trained(tmp_path):
     """The train state's params, gradients and Adam moments hold adapters (and the RM's score
     head) only; the frozen base, bf16 here, rides in buffers and does not move."""
@@ -141,6 +144,7 @@ def test_only_adapters_and_heads_are_trained(tmp_path):
     assert ("normalization",) in dict(nnx.to_flat_state(rm_buffers))
 
 
+@pytest.mark.slow
 def test_adapters_are_sharded_by_the_rules_table_and_a_sharded_step_equals_one_device(tmp_path):
     """a keeps its Linear's input axes, b its output axes (the rank replicated); one LoRA SFT step
     on a data x fsdp x tensor = 2 x 2 x 2 mesh equals the single-device step."""
@@ -177,6 +181,7 @@ def test_adapters_are_sharded_by_the_rules_table_and_a_sharded_step_equals_one_d
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-5), single, sharded)
 
 
+@pytest.mark.slow
 def test_plan_counts_a_lora_ppo_iteration_beside_full_fine_tuning():
     """A LoRA PPO iteration holds adapters + Adam and bf16 frozen bases, and no reference tree of
     its own: its per-device arguments are well under full fine-tuning's (float32 params + Adam)."""

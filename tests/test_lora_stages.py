@@ -71,6 +71,7 @@ loss: {{beta: 0.5}}
 """)
 
 
+@pytest.mark.slow
 def test_dpo_with_lora_holds_one_copy_of_the_base(model_dir, tmp_path, monkeypatch):
     """Full DPO holds the policy and a reference tree (2 copies of the base); LoRA DPO's
     reference is the policy's own base with the starting adapters (1 copy)."""
@@ -130,6 +131,7 @@ def prompts(tmp_path_factory):
                        tmp_path_factory.mktemp("lora-prompts") / "prompts.jsonl")
 
 
+@pytest.mark.slow
 def test_ppo_with_lora_holds_one_copy_of_the_policy_base(model_dir, prompts, tmp_path, monkeypatch):
     """Full PPO (GAE): actor, reference and critic (from model.path) are 3 copies; with LoRA the
     actor and the reference share one, and the critic (its own adapters on its own base, a

@@ -46,6 +46,7 @@ def long_batch(seed=0):
     return left_padded_batch(seed=seed, lengths=LENGTHS, total=T)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_logits_match_transformers_and_round_trip(case, tmp_path):
     hf_model = build_hf_model(CASES[case](), tmp_path / "hf")
@@ -104,6 +105,7 @@ def test_gemma3_config_reads_legacy_rope_keys():
     assert config.rope_by_type["sliding_attention"] == (1e4, None)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["gemma3", "qwen3"])
 def test_kv_cache_prefill_and_decode_match_full_forward(case, tmp_path):
     """Prefill 20 slots, then decode 24 tokens one by one: past the window, with left padding."""
@@ -126,6 +128,7 @@ def test_kv_cache_prefill_and_decode_match_full_forward(case, tmp_path):
     assert max_err_on_valid(np.concatenate(steps, axis=1), full, mask) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["gemma3", "qwen3"])
 def test_greedy_generate_equals_transformers(case, tmp_path):
     """24 new tokens after left-padded prompts of up to 12: three windows past the prompt."""
@@ -172,6 +175,7 @@ def test_gemma3_reward_model_exports_for_transformers(tmp_path):
                                atol=1e-6)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["gemma3", "qwen3"])
 def test_sharded_forward_shards_vocab_and_matches(case, tmp_path):
     factory = {"gemma3": tiny_gemma3_config, "qwen3": tiny_qwen3_config}[case]

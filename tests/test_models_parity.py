@@ -33,6 +33,7 @@ def max_err_on_valid(ours, ref, mask):
     return float(np.abs(np.asarray(ours) - ref)[mask.astype(bool)].max())
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", sorted(CASES))
 def test_logits_match_transformers_and_round_trip(case, tmp_path):
     hf_model = build_hf_model(CASES[case](), tmp_path / "hf")
@@ -62,6 +63,7 @@ def test_llama3_rope_scaling_is_exercised(tmp_path):
     assert max_err_on_valid(plain, scaled, mask) > 1e-3
 
 
+@pytest.mark.slow
 def test_left_padding_does_not_change_valid_logits(tmp_path):
     build_hf_model(tiny_llama_config(num_key_value_heads=2), tmp_path)
     model = from_pretrained(tmp_path)
@@ -71,6 +73,7 @@ def test_left_padding_does_not_change_valid_logits(tmp_path):
     np.testing.assert_allclose(padded, unpadded, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_bf16_compute_with_fp32_params(tmp_path):
     hf_model = build_hf_model(tiny_llama_config(num_key_value_heads=2), tmp_path)
     ids, mask = left_padded_batch()
@@ -83,6 +86,7 @@ def test_bf16_compute_with_fp32_params(tmp_path):
     assert max_err_on_valid(out.logits, torch_logits(hf_model, ids, mask), mask) < 0.1
 
 
+@pytest.mark.slow
 def test_remat_gives_same_logits_and_grads(tmp_path):
     import jax
     from flax import nnx
@@ -101,6 +105,7 @@ def test_remat_gives_same_logits_and_grads(tmp_path):
     jax.tree.map(lambda a, b: np.testing.assert_allclose(a, b, atol=1e-6), g0, g1)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["llama-gqa", "gpt2"])
 def test_kv_cache_prefill_and_decode_match_full_forward(case, tmp_path):
     build_hf_model(CASES[case](), tmp_path)
@@ -124,6 +129,7 @@ def test_kv_cache_prefill_and_decode_match_full_forward(case, tmp_path):
     assert max_err_on_valid(np.concatenate(steps, axis=1), full, mask) < 1e-5
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("case", ["llama-gqa", "gpt2"])
 def test_packed_segments_equal_separate_rows(case, tmp_path):
     build_hf_model(CASES[case](), tmp_path)

@@ -21,6 +21,7 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow
 @pytest.mark.multiprocess
 def test_two_processes_equal_one_process(tmp_path):
     model = tiny_model_folder(tmp_path / "model")

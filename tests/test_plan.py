@@ -1,5 +1,6 @@
 """`jaxrlhf plan`: memory read from ahead-of-time compiled programs, scaling with the mesh."""
 
+import pytest
 import subprocess
 import sys
 from pathlib import Path
@@ -14,6 +15,7 @@ ARCH = LlamaConfig(vocab_size=1024, hidden_size=256, intermediate_size=704, num_
                    num_attention_heads=4, num_key_value_heads=2, max_position_embeddings=256)
 
 
+@pytest.mark.slow
 def test_parameter_memory_halves_when_fsdp_doubles():
     wide = plan_rm_step(ARCH, make_mesh(MeshConfig(1, 8, 1)), batch=8, k=2, seq=64)
     narrow = plan_rm_step(ARCH, make_mesh(MeshConfig(1, 4, 1), jax.devices()[:4]), batch=8, k=2, seq=64)
@@ -26,6 +28,7 @@ def test_parameter_memory_halves_when_fsdp_doubles():
     assert wide.argument_bytes >= 12 * n_params / 8  # at least its shard of params + two moments
 
 
+@pytest.mark.slow
 def test_ppo_iteration_plan_and_table():
     plan = plan_ppo_iteration(ARCH, make_mesh(MeshConfig(1, 8, 1)), batch=8, prompt=32, new_tokens=32)
     assert plan.argument_bytes > 0 and plan.peak_bytes > plan.argument_bytes
@@ -33,6 +36,7 @@ def test_ppo_iteration_plan_and_table():
     assert "PPO iteration" in table and "H100 80GB yes" in table
 
 
+@pytest.mark.slow
 def test_plan_command_runs_on_fake_devices():
     config = Path(__file__).resolve().parents[1] / "configs" / "models" / "llama-tiny.yaml"
     out = subprocess.run([sys.executable, "-m", "jaxrlhf.cli", "plan", "--config", str(config),

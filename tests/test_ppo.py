@@ -88,6 +88,7 @@ def learned(history, start_below=0.4, end_at_least=0.75):
     return start < start_below and end >= end_at_least, (start, end)
 
 
+@pytest.mark.slow
 def test_sampler_log_probs_equal_trainer_log_probs(setup):
     model_dir, _ = setup
     model = from_pretrained(model_dir)
@@ -106,6 +107,7 @@ def test_sampler_log_probs_equal_trainer_log_probs(setup):
         np.testing.assert_allclose(np.asarray(gen.log_probs)[valid], recomputed[valid], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_group_sampling_equals_sampling_repeated_prompts(setup):
     """generate(group=g) prefills each prompt once and repeats its cache: the same rows,
     tokens and log-probs as generating from np.repeat(prompts, g) with the same key."""
@@ -127,6 +129,7 @@ def test_group_sampling_equals_sampling_repeated_prompts(setup):
             assert len({tuple(row) for row in np.asarray(grouped.tokens)[:4]}) > 1
 
 
+@pytest.mark.slow
 def test_ppo_learns_a_rule_reward(setup, tmp_path):
     model, prompts = setup
     cfg = ppo_yaml(tmp_path, model, prompts, iterations=40)
@@ -162,6 +165,7 @@ def test_critic_free_algorithms_learn_the_rule_reward(setup, tmp_path, stage):
     assert (tmp_path / "run" / "stage").read_text().strip() == stage
 
 
+@pytest.mark.slow
 def test_critic_free_rl_learns_and_resumes_with_a_moving_average(setup, tmp_path):
     model, prompts = setup
     # with the moving average of the weights, which is part of the checkpointed state
@@ -183,6 +187,7 @@ def test_critic_free_rl_learns_and_resumes_with_a_moving_average(setup, tmp_path
     assert steps == list(range(1, 56))
 
 
+@pytest.mark.slow
 def test_ema_exports_the_moving_average_of_the_actors_weights(setup, tmp_path):
     """final/ = 0.25 * start + 0.25 * after one iteration + 0.5 * after two at decay 0.5; the
     average does not change training (runs of 1 and 2 iterations without it give the iterates)."""
@@ -220,6 +225,7 @@ def test_group_estimators_need_several_samples_per_prompt(setup, tmp_path, capsy
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.slow
 def test_nan_reward_stops_the_run_after_three_skipped_updates(setup, tmp_path, capsys):
     """A reward function returning NaN: each update is skipped loudly, the third in a row ends the
     run with one line (exit 2), and no checkpoint holds non-finite parameters."""
@@ -243,6 +249,7 @@ def test_nan_reward_stops_the_run_after_three_skipped_updates(setup, tmp_path, c
     ("rl_rewards", "package.module:function"),
     ("rl_rewards:wrong_shape", "returned shape [3], expected [8]"),
 ])
+@pytest.mark.slow
 def test_bad_rule_functions_are_one_line_errors(setup, tmp_path, capsys, function, message):
     model, prompts = setup
     cfg = ppo_yaml(tmp_path, model, prompts, iterations=1, batch=8)
@@ -253,6 +260,7 @@ def test_bad_rule_functions_are_one_line_errors(setup, tmp_path, capsys, functio
     assert message in err and "Traceback" not in err and len(errors) == 1, err
 
 
+@pytest.mark.slow
 def test_rollout_from_sampler_log_probs_equals_recomputed(setup):
     from jaxrlhf.algorithms import AlgorithmConfig
     from jaxrlhf.stages.rl import init_rl_state
@@ -295,6 +303,7 @@ def test_samples_per_prompt_must_divide_the_batch(setup, tmp_path):
     assert main(["ppo", "--config", cfg, "--set", f"output_dir={tmp_path / 'run'}"]) != 0
 
 
+@pytest.mark.slow
 def test_sharded_iteration_equals_single_device(setup, tmp_path):
     model, prompts = setup
     finals = []
@@ -312,6 +321,7 @@ def test_sharded_iteration_equals_single_device(setup, tmp_path):
                                    [b["score"], b["kl"], b["policy_loss"]], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted(setup, tmp_path):
     model, prompts = setup
     cfg = ppo_yaml(tmp_path, model, prompts, iterations=60, batch=8, extra="  save_every: 5")
@@ -351,6 +361,7 @@ def test_generate_command_keeps_every_row(setup, tmp_path, capsys):
     assert "wrote 3 rows" in capsys.readouterr().out
 
 
+@pytest.mark.slow
 def test_reward_model_scorer_reads_at_eos_or_last_answer_token(random_rm):
     from jaxrlhf.rewards import RewardSource
 
@@ -372,6 +383,7 @@ def test_reward_model_scorer_reads_at_eos_or_last_answer_token(random_rm):
     np.testing.assert_allclose(scores[False], np.asarray(rm(ids, without_eos)), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_dense_reward_model_scores_every_answer_prefix(random_rm):
     from jaxrlhf.rewards import RewardSource
 
@@ -404,6 +416,7 @@ def test_dense_reward_needs_a_reward_model_read_without_eos():
         RewardSource(kind="rule", function="jaxrlhf.rewards:target_length_tokens", dense=True)
 
 
+@pytest.mark.slow
 def test_ppo_with_a_dense_reward_model_logs_the_same_sequence_scores(setup, random_rm, tmp_path):
     """Dense (prefix-shaped) and terminal use of one reward model sample the same first rollout
     and log the same sequence scores; only the per-token credit, hence the update, differs."""
@@ -426,6 +439,7 @@ def test_ppo_with_a_dense_reward_model_logs_the_same_sequence_scores(setup, rand
     assert np.isfinite([h["policy_loss"] for h in histories["true"]]).all()
 
 
+@pytest.mark.slow
 def test_ppo_trains_on_each_prompts_best_and_worst_samples(setup, tmp_path):
     model, prompts = setup
     cfg = ppo_yaml(tmp_path, model, prompts, iterations=30, batch=64, extra="  samples_per_prompt: 8",
@@ -439,6 +453,7 @@ def test_ppo_trains_on_each_prompts_best_and_worst_samples(setup, tmp_path):
     assert all("trained_score" in h for h in history)
 
 
+@pytest.mark.slow
 def test_held_out_greedy_eval_on_prompts_never_rolled_out(setup, tmp_path):
     """data.eval_fraction holds prompts out of the rollouts; train.eval_every scores greedy answers to
     them with the same rewards, logged as eval and saved as results.json["eval"]."""

@@ -77,6 +77,7 @@ def setup(tmp_path_factory):
     return model, prompts
 
 
+@pytest.mark.slow
 def test_continuation_log_probs_are_the_trainers_on_the_joined_layout(setup):
     """The sampler continues ``prompt + prefix`` (left-padded to P + N); PPO trains on
     ``prompt (left-padded to P) + prefix + continuation``. Positions come from the mask, so
@@ -108,6 +109,7 @@ def test_continuation_log_probs_are_the_trainers_on_the_joined_layout(setup):
         assert (out.tokens[i:i + group, :k] == out.tokens[i, :k]).all()
 
 
+@pytest.mark.slow
 def test_branched_ppo_learns_a_rule_reward(setup, tmp_path):
     from test_ppo import ppo_yaml
 

@@ -62,6 +62,7 @@ def test_k2_is_bradley_terry():
     np.testing.assert_allclose(float(loss), bt, rtol=1e-6)
 
 
+@pytest.mark.slow
 def test_all_ties_give_zero_loss_and_finite_grads():
     scores = jnp.ones((3, 4))
     mask = jnp.ones((3, 4), bool)
@@ -72,6 +73,7 @@ def test_all_ties_give_zero_loss_and_finite_grads():
     assert np.isfinite(np.asarray(grads)).all() and not np.asarray(grads).any()
 
 
+@pytest.mark.slow
 def test_masked_slots_do_not_leak_even_if_not_finite():
     rewards = jnp.array([[1.0, 0.0, jnp.nan]])
     scores = jnp.array([[2.0, 1.0, 5.0]])

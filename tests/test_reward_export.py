@@ -49,6 +49,7 @@ def _transformers_logits(folder, input_ids, attention_mask):
                      attention_mask=torch.from_numpy(attention_mask).long()).logits[:, 0].numpy()
 
 
+@pytest.mark.slow
 def test_transformers_scores_the_normalised_reward(exported):
     rm, out = exported
     ids, mask = _batch(out)
@@ -64,6 +65,7 @@ def test_transformers_scores_the_normalised_reward(exported):
     assert not np.allclose(logits, raw, atol=1e-3), "the gain must change what transformers outputs"
 
 
+@pytest.mark.slow
 def test_our_loader_restores_the_raw_head_bit_for_bit(exported):
     rm, out = exported
     back = reward_model_from_pretrained(out)
@@ -84,6 +86,7 @@ def test_our_loader_restores_the_raw_head_bit_for_bit(exported):
             np.testing.assert_array_equal(first[key], second[key], err_msg=f"{name}:{key}")
 
 
+@pytest.mark.slow
 def test_without_the_raw_head_file_the_gain_is_divided_out(exported, tmp_path):
     import shutil
     rm, out = exported
@@ -95,6 +98,7 @@ def test_without_the_raw_head_file_the_gain_is_divided_out(exported, tmp_path):
     np.testing.assert_array_equal(np.asarray(back.normalization.get_value()), np.float32(GAIN_BIAS))
 
 
+@pytest.mark.slow
 def test_a_head_trained_further_elsewhere_is_refused(exported, tmp_path):
     import shutil
     _, out = exported

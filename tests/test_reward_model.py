@@ -32,6 +32,7 @@ def test_last_token_index_left_and_right_padding():
     lambda: tiny_qwen2_config(),
     lambda: tiny_gpt2_config(),
 ], ids=["llama", "qwen2", "gpt2"])
+@pytest.mark.slow
 def test_export_scores_the_same_in_transformers(config, tmp_path):
     build_hf_model(config(), tmp_path / "base")
     rm = reward_model_from_pretrained(tmp_path / "base", seed=3)
@@ -60,6 +61,7 @@ def test_export_scores_the_same_in_transformers(config, tmp_path):
     np.testing.assert_allclose(np.asarray(again.normalized(again(ids, mask))), 2.0 * ours - 0.5, atol=1e-5)
 
 
+@pytest.mark.slow
 def test_head_init_scale_and_lm_head_dropped(tmp_path):
     build_hf_model(tiny_llama_config(hidden_size=256, intermediate_size=64), tmp_path)
     rm = reward_model_from_pretrained(tmp_path, seed=0)

@@ -23,6 +23,7 @@ def model_dir(tmp_path_factory):
     return tiny_model_folder(tmp_path_factory.mktemp("base") / "model")
 
 
+@pytest.mark.slow
 def test_learns_held_out_rankings(model_dir, tmp_path, capsys):
     train = write_jsonl(ranked_rows(300, k=3, seed=0), tmp_path / "train.jsonl")
     held_out = write_jsonl(ranked_rows(60, k=4, seed=99), tmp_path / "eval.jsonl")
@@ -48,6 +49,7 @@ def _final_params(run_dir):
     return load_file(run_dir / "final" / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_sigkill_and_resume_equals_uninterrupted(model_dir, tmp_path):
     train = write_jsonl(ranked_rows(1200, k=3, seed=3), tmp_path / "train.jsonl")
     cfg = rm_config_yaml(tmp_path, model_dir, train)
@@ -101,6 +103,7 @@ def test_bad_data_is_reported(model_dir, tmp_path, capsys):
     assert report["skipped"] == {"invalid JSON": 1, "score count mismatch": 1, "missing prompt": 1}
 
 
+@pytest.mark.slow
 def test_export_scores_the_same_in_transformers(model_dir, tmp_path):
     train = write_jsonl(ranked_rows(80, k=3, seed=7), tmp_path / "train.jsonl")
     cfg = rm_config_yaml(tmp_path, model_dir, train)

@@ -81,6 +81,7 @@ def test_one_forward_per_response(setup, monkeypatch):
     assert calls == [(b * k, t)]
 
 
+@pytest.mark.slow
 def test_accumulation_is_exact(setup):
     folder, batch = setup
     whole, m1 = run_steps(folder, batch, parts=1)
@@ -90,12 +91,14 @@ def test_accumulation_is_exact(setup):
     assert m1[0]["pairs"] == m4[0]["pairs"] == 6 * 6 + 3  # 6 prompts with K=4, one with K=3, one all tied
 
 
+@pytest.mark.slow
 def test_loss_falls(setup):
     folder, batch = setup
     _, metrics = run_steps(folder, batch, steps=5)
     assert metrics[-1]["loss"] < metrics[0]["loss"]
 
 
+@pytest.mark.slow
 def test_sharded_step_equals_single_device(setup):
     folder, batch = setup
     single, m_single = run_steps(folder, batch)
@@ -106,6 +109,7 @@ def test_sharded_step_equals_single_device(setup):
         np.testing.assert_allclose(a["loss"], b["loss"], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_nonfinite_step_is_skipped(setup):
     folder, batch = setup
     graphdef, tx, state = make_state(folder)

@@ -84,6 +84,7 @@ def dpo_batch(n=8):
     return tokenize_pairs(pairs, char_tokenizer(), max_length=16).as_dict()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("stage", ["sft", "dpo"])
 def test_sharded_step_equals_single_device(model_dir, stage):
     def run(mesh):
@@ -121,6 +122,7 @@ def stage_yaml(tmp_path, name, body):
     return str(path)
 
 
+@pytest.mark.slow
 def test_sft_from_scratch_learns_then_dpo_prefers_chosen(model_dir, tmp_path):
     arch = tmp_path / "arch.yaml"
     arch.write_text(json.dumps({"model_type": "llama", "vocab_size": len(char_tokenizer()),
@@ -159,6 +161,7 @@ loss: {{beta: 0.5}}
                  "--set", "loss.precompute_reference=true", "--set", "train.max_steps=3"]) == 0
 
 
+@pytest.mark.slow
 def test_export_generates_like_transformers(model_dir, tmp_path):
     write_jsonl(copy_rows(64, seed=4), tmp_path / "sft.jsonl")
     cfg = stage_yaml(tmp_path, "sft", f"""

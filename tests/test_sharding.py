@@ -82,6 +82,7 @@ def test_sharded_forward_equals_single_device(config, tmp_path):
     np.testing.assert_allclose(got[mask.astype(bool)], expected[mask.astype(bool)], atol=1e-5)
 
 
+@pytest.mark.slow
 def test_create_model_materialises_sharded(tmp_path):
     build_hf_model(tiny_llama_config(vocab_size=128, intermediate_size=128), tmp_path)
     config = read_config(tmp_path)
