@@ -191,19 +191,12 @@ def _stage_adder(name: str):
 
 def load_stage_config(name: str, config_file, overrides):
     """A stage's config: its preset's defaults, refined by the YAML file, then by --set."""
-    from jaxrlhf.config import apply_overrides, from_dict, read_yaml
+    from jaxrlhf.config import apply_overrides, from_dict, merge_dicts, read_yaml
 
     info = STAGES[name]
-    data = _merge(info.defaults(), read_yaml(config_file) if config_file else {})
+    data = merge_dicts(info.defaults(), read_yaml(config_file) if config_file else {})
     source = (str(config_file) if config_file else "defaults") + (" + --set" if overrides else "")
     return from_dict(info.config_type(), apply_overrides(data, list(overrides)), source)
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def run_stage(name: str, args) -> int:

@@ -237,6 +237,15 @@ def read_yaml(path: str | os.PathLike) -> dict:
     return data
 
 
+def merge_dicts(base: dict, extra: dict) -> dict:
+    """``extra`` over ``base``, section by section: a nested dict refines the one it replaces
+    (a preset's or the demo's defaults refined by a YAML file) instead of replacing it whole."""
+    out = dict(base)
+    for key, value in extra.items():
+        out[key] = merge_dicts(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
 def load_config(cls: type[T], path: str | os.PathLike | None = None,
                 overrides: list[str] | tuple[str, ...] = ()) -> T:
     """Build ``cls`` from a YAML file (optional) and ``--set`` overrides."""

@@ -16,7 +16,7 @@ import logging
 import time
 from pathlib import Path
 
-from jaxrlhf.config import from_dict, save_config, to_dict
+from jaxrlhf.config import from_dict, merge_dicts, save_config, to_dict
 from jaxrlhf.sharding import MeshConfig
 
 log = logging.getLogger(__name__)
@@ -84,16 +84,9 @@ def load_demo_config(config_file=None, overrides=()) -> DemoConfig:
     """demo.yaml, refined by the user's YAML (key by key) and then by --set overrides."""
     from jaxrlhf.config import apply_overrides, read_yaml
 
-    data = _merge(read_yaml(DEMO_DEFAULTS), read_yaml(config_file) if config_file else {})
+    data = merge_dicts(read_yaml(DEMO_DEFAULTS), read_yaml(config_file) if config_file else {})
     source = (str(config_file) if config_file else str(DEMO_DEFAULTS)) + (" + --set" if overrides else "")
     return from_dict(DemoConfig, apply_overrides(data, list(overrides)), source)
-
-
-def _merge(base: dict, extra: dict) -> dict:
-    out = dict(base)
-    for key, value in extra.items():
-        out[key] = _merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
-    return out
 
 
 def stage_configs(cfg: DemoConfig, out: Path, data: dict[str, Path]) -> dict:
@@ -105,22 +98,22 @@ def stage_configs(cfg: DemoConfig, out: Path, data: dict[str, Path]) -> dict:
     from jaxrlhf.stages.rl import RLConfig
 
     mesh = to_dict(cfg.mesh)
-    sft = _merge({"seed": cfg.seed, "output_dir": str(out / "sft"), "tokenizer": str(out / "base"),
+    sft = merge_dicts({"seed": cfg.seed, "output_dir": str(out / "sft"), "tokenizer": str(out / "base"),
                   "model": {"path": str(out / "base")}, "mesh": mesh,
                   "data": {"train_files": [str(data["sft"])], "max_length": cfg.max_length}}, cfg.sft)
     rm_files = [str(data["rm"])] + ([str(policy_rm_file(out))] if "rm_policy_prompts" in data else [])
-    rm = from_dict(RMConfig, _merge({"seed": cfg.seed, "output_dir": str(out / "rm"),
+    rm = from_dict(RMConfig, merge_dicts({"seed": cfg.seed, "output_dir": str(out / "rm"),
                                      "model": {"path": str(out / "sft" / "final")}, "mesh": mesh,
                                      "data": {"train_files": rm_files, "max_length": cfg.max_length}},
                                     cfg.rm), "demo rm")
-    ppo = _merge({"seed": cfg.seed, "output_dir": str(out / "ppo"), "model": {"path": str(out / "sft" / "final")},
+    ppo = merge_dicts({"seed": cfg.seed, "output_dir": str(out / "ppo"), "model": {"path": str(out / "sft" / "final")},
                   "mesh": mesh, "data": {"prompt_files": [str(data["ppo_prompts"])],
                                          "max_prompt_length": cfg.max_prompt_length},
                   # the RM scores rollouts where it was trained to: with or without the EOS
                   "rewards": [{"kind": "model", "path": str(out / "rm" / "final"),
                                "include_eos": rm.data.append_eos, **cfg.ppo_reward}]},
                  cfg.ppo)
-    dpo = _merge({"seed": cfg.seed, "output_dir": str(out / "dpo"), "model": {"path": str(out / "sft" / "final")},
+    dpo = merge_dicts({"seed": cfg.seed, "output_dir": str(out / "dpo"), "model": {"path": str(out / "sft" / "final")},
                   "mesh": mesh, "data": {"train_files": [str(data["dpo"])], "max_length": cfg.max_length}}, cfg.dpo)
     return {"sft": from_dict(SFTConfig, sft, "demo sft"), "rm": rm,
             "ppo": from_dict(RLConfig, ppo, "demo ppo"), "dpo": from_dict(DPOConfig, dpo, "demo dpo")}
