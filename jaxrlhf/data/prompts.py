@@ -13,8 +13,8 @@ from typing import Any
 
 import numpy as np
 
-from jaxrlhf.data.preference import (CleanReport, _Bad, _adds_bos, _is_messages, _messages, _prompt_text, _type,
-                                     clean_rows)
+from jaxrlhf.data.chat import adds_bos, check_messages, is_messages
+from jaxrlhf.data.rows import BadRow, CleanReport, clean_rows, prompt_text, type_name
 from jaxrlhf.data.tokenize import pad_id_of
 
 
@@ -29,23 +29,23 @@ class PromptExample:
 def _render_messages(row: dict, tokenizer, field: str = "messages") -> str:
     """The chat-template rendering of ``row[field]`` (``messages``, or trl's conversational
     ``prompt``) with the generation prompt: what the model continues from."""
-    messages = _messages(row[field], field, "bad prompt type")
+    messages = check_messages(row[field], field, "bad prompt type")
     if messages and messages[-1].get("role") == "assistant":
         messages = messages[:-1]  # an answer present in the data is not part of the prompt
     if not messages or not "".join(m["content"] for m in messages).strip():
-        raise _Bad("empty prompt", field)
+        raise BadRow("empty prompt", field)
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
-        raise _Bad("chat template mismatch", field, "message rows need a tokenizer with a chat template")
+        raise BadRow("chat template mismatch", field, "message rows need a tokenizer with a chat template")
     import jinja2
 
     try:
         text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
     except (jinja2.TemplateError, ValueError) as e:  # templates raise on roles they reject
-        raise _Bad("chat template mismatch", field, f"the chat template failed: {e}") from None
+        raise BadRow("chat template mismatch", field, f"the chat template failed: {e}") from None
     # tokenize_prompts adds the tokenizer's BOS: a template that writes it too would give two.
     # SFT and preference rows drop it the same way, so rollouts see the prompts SFT trained on.
     bos = getattr(tokenizer, "bos_token", None)
-    if bos and text.startswith(bos) and _adds_bos(tokenizer):
+    if bos and text.startswith(bos) and adds_bos(tokenizer):
         text = text[len(bos):]
     return text
 
@@ -54,13 +54,13 @@ def load_prompts(paths: str | os.PathLike | list, *, tokenizer=None,
                  strict: bool = False) -> tuple[list[PromptExample], CleanReport]:
     def parse(row, path, line):
         if not isinstance(row, dict):
-            raise _Bad("not an object", None, f"got {_type(row)}")
+            raise BadRow("not an object", None, f"got {type_name(row)}")
         if row.get("messages") is not None:
             text = _render_messages(row, tokenizer)
-        elif _is_messages(row.get("prompt")):  # trl's conversational prompt-only / prompt-completion
+        elif is_messages(row.get("prompt")):  # trl's conversational prompt-only / prompt-completion
             text = _render_messages(row, tokenizer, "prompt")
         else:
-            text = _prompt_text(row)
+            text = prompt_text(row)
         meta = {k: v for k, v in row.items() if k not in ("prompt", "messages")}
         return PromptExample(text, meta, path, line)
 

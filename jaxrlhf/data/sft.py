@@ -26,8 +26,9 @@ from typing import Any
 
 import numpy as np
 
-from jaxrlhf.data.preference import (CleanReport, DataError, _Bad, _render_turns, _first_present, _messages,
-                                     _is_messages, _prompt_text, _response_text, _type, clean_rows)
+from jaxrlhf.data.chat import check_messages, is_messages, render_turns
+from jaxrlhf.data.rows import (BadRow, CleanReport, DataError, clean_rows, first_present, prompt_text,
+                               response_text, type_name)
 from jaxrlhf.data.formats import is_unpaired_preference, unpaired_message
 from jaxrlhf.data.tokenize import layout_sequences
 
@@ -49,12 +50,12 @@ class SFTExample:
     line: int  # 1-based line (JSONL) or 1-based element / row index (array, parquet, dataset)
 
 
-class _Skip(_Bad):
-    """A skipped row, as ``_Bad`` (same message format), with the SFT reasons allowed."""
+class _Skip(BadRow):
+    """A skipped row, as ``BadRow`` (same message format), with the SFT reasons allowed."""
 
     def __init__(self, reason: str, field: str | None = None, detail: str = ""):
         assert reason in SFT_SKIP_REASONS, reason
-        Exception.__init__(self, reason)  # _Bad.__init__ only admits the preference reasons
+        Exception.__init__(self, reason)  # BadRow.__init__ only admits the preference reasons
         self.reason, self.field, self.detail = reason, field, detail
 
 
@@ -62,15 +63,15 @@ class _Skip(_Bad):
 
 
 def _prompt_response(row: dict) -> tuple[str, str]:
-    prompt = _prompt_text(row)
-    key = _first_present(row, _RESPONSE_KEYS)
+    prompt = prompt_text(row)
+    key = first_present(row, _RESPONSE_KEYS)
     if row.get(key) is None:
         raise _Skip("empty response", key, "no 'response' or 'completion' field")
-    return prompt, _response_text(row[key], key)
+    return prompt, response_text(row[key], key)
 
 
 def _text(row: dict) -> tuple[str, str]:
-    return "", _response_text(row["text"], "text")
+    return "", response_text(row["text"], "text")
 
 
 def _conversation(row: dict, tokenizer, where: str) -> tuple[str, str]:
@@ -88,8 +89,8 @@ def _conversation(row: dict, tokenizer, where: str) -> tuple[str, str]:
     if getattr(tokenizer, "chat_template", None) is None:
         raise DataError(f"{where}: conversational rows need a chat template, and the tokenizer has none")
     try:
-        messages = _messages(row["messages"], "messages", "bad prompt type")
-    except _Bad as bad:  # same checks and detail, counted under the SFT reason
+        messages = check_messages(row["messages"], "messages", "bad prompt type")
+    except BadRow as bad:  # same checks and detail, counted under the SFT reason
         raise _Skip("bad messages", bad.field, bad.detail) from None
     last = next((i for i in range(len(messages) - 1, -1, -1) if messages[i]["role"] == "assistant"), None)
     if last is None:
@@ -98,8 +99,8 @@ def _conversation(row: dict, tokenizer, where: str) -> tuple[str, str]:
         raise _Skip("empty prompt", "messages", "no message before the answer")
     if not messages[last]["content"].strip():
         raise _Skip("empty response", f"messages[{last}]")
-    prompt_text, (response,) = _render_turns(tokenizer, messages[:last], {"messages": messages[:last + 1]})
-    return prompt_text, response
+    rendered_prompt, (response,) = render_turns(tokenizer, messages[:last], {"messages": messages[:last + 1]})
+    return rendered_prompt, response
 
 
 def _prompt_completion_conversation(row: dict, tokenizer, where: str) -> tuple[str, str]:
@@ -109,27 +110,27 @@ def _prompt_completion_conversation(row: dict, tokenizer, where: str) -> tuple[s
     if tokenizer is None or getattr(tokenizer, "chat_template", None) is None:
         raise DataError(f"{where}: conversational rows (lists of messages) need a tokenizer with a chat "
                         "template; pass tokenizer= to load_sft_data")
-    key = _first_present(row, _RESPONSE_KEYS)
-    prompt = _messages(row.get("prompt"), "prompt", "bad prompt type")
-    completion = _messages(row.get(key), key, "bad response type")
+    key = first_present(row, _RESPONSE_KEYS)
+    prompt = check_messages(row.get("prompt"), "prompt", "bad prompt type")
+    completion = check_messages(row.get(key), key, "bad response type")
     if not "".join(m["content"] for m in prompt).strip():
         raise _Skip("empty prompt", "prompt")
     if not "".join(m["content"] for m in completion).strip():
         raise _Skip("empty response", key)
-    prompt_text, (response,) = _render_turns(tokenizer, prompt, {key: prompt + completion})
-    return prompt_text, response
+    rendered_prompt, (response,) = render_turns(tokenizer, prompt, {key: prompt + completion})
+    return rendered_prompt, response
 
 
 def _parse_sft_row(row: Any, tokenizer, where: str) -> tuple[str, str]:
-    """``(prompt, response)`` of one row; raises ``_Bad`` (a skip reason) or DataError."""
+    """``(prompt, response)`` of one row; raises ``BadRow`` (a skip reason) or DataError."""
     if not isinstance(row, dict):
-        raise _Skip("not an object", None, f"got {_type(row)}")
+        raise _Skip("not an object", None, f"got {type_name(row)}")
     present = {k for k, v in row.items() if v is not None}
     if is_unpaired_preference(row):
         raise DataError(unpaired_message(where, "SFT", "prompt + completion, messages or text rows"))
     if "messages" in present:
         return _conversation(row, tokenizer, where)
-    if any(_is_messages(row.get(k)) for k in ("prompt", *_RESPONSE_KEYS)):
+    if any(is_messages(row.get(k)) for k in ("prompt", *_RESPONSE_KEYS)):
         return _prompt_completion_conversation(row, tokenizer, where)
     if present & {"prompt", *_RESPONSE_KEYS}:
         return _prompt_response(row)

@@ -6,7 +6,7 @@ from __future__ import annotations
 import dataclasses
 import os
 
-from jaxrlhf.data.preference import _Bad, _type, clean_rows
+from jaxrlhf.data.rows import BadRow, clean_rows, type_name
 from jaxrlhf.data.sft import _parse_sft_row
 
 
@@ -24,10 +24,10 @@ def load_unpaired_preference(paths: str | os.PathLike | list, *, tokenizer=None,
     cleaned like the other loaders (conversational rows render as SFT's prompt-completion rows)."""
     def parse(row, path, line):
         if not isinstance(row, dict):
-            raise _Bad("not an object", None, f"got {_type(row)}")
+            raise BadRow("not an object", None, f"got {type_name(row)}")
         label = row.get("label")
         if not isinstance(label, bool):
-            raise _Bad("non-numeric score", "label", f"expected true or false, got {label!r}")
+            raise BadRow("non-numeric score", "label", f"expected true or false, got {label!r}")
         pair = {"prompt": row.get("prompt"), "completion": row.get("completion")}
         prompt, completion = _parse_sft_row(pair, tokenizer, f"{path}:{line}")
         return UnpairedExample(prompt, completion, label, path, line)
