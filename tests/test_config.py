@@ -39,6 +39,10 @@ def test_every_shipped_config_loads(path):
         arch = config_from_hf(read_yaml(path), strict=True, source=str(path))
         assert arch.model_type in ARCHITECTURES
         return
+    if folder == "length_control":  # demo recipes: merged over the demo's defaults
+        from jaxrlhf.tasks.length_control.pipeline import load_demo_config
+        assert load_demo_config(path).pretrained, f"{path}: a recipe names the model it starts from"
+        return
     assert folder in RUN_CONFIG_DIRS, f"no loader registered for configs/{folder}/"
     cfg = load_config(RUN_CONFIG_DIRS[folder](), path)
     if getattr(cfg.model, "arch", None):

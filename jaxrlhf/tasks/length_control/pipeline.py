@@ -4,6 +4,11 @@ build data -> char tokenizer + tiny Llama from scratch -> SFT -> reward model (r
 answers) -> PPO (from SFT, reward = the learned RM) -> DPO (from SFT) -> greedy eval of
 SFT, DPO and PPO on the test split -> report.md with the seed-style table and curves.
 
+With ``pretrained`` (a recipe such as configs/length_control/gemma3-270m-lora.yaml) SFT starts
+from that Hugging Face folder instead, and its own tokenizer reads the prompts and answers as
+plain text (``prompt + answer + EOS``, no chat template); ``every_stage`` gives all four stages
+the same model settings (compute dtype, LoRA).
+
 Every stage is the ordinary stage function with an ordinary config (written to its run
 folder); a stage whose results.json exists is skipped, one with checkpoints is resumed.
 """
@@ -75,6 +80,12 @@ class DemoConfig:
     # include_eos (which follow the RM stage)
     ppo_reward: dict = dataclasses.field(default_factory=dict)
     dpo: dict = dataclasses.field(default_factory=dict)
+    # a pretrained Hugging Face folder (config.json + safetensors + its tokenizer) that SFT starts
+    # from, instead of the tiny Llama (``model``) and char tokenizer built from scratch
+    pretrained: str | None = None
+    # settings merged into each of sft / rm / ppo / dpo before its own section, e.g.
+    # {model: {dtype: bfloat16, lora: {rank: 16, ...}}}: one place for what every stage shares
+    every_stage: dict = dataclasses.field(default_factory=dict)
 
     def __hash__(self):
         return hash(self.output_dir)
@@ -98,23 +109,28 @@ def stage_configs(cfg: DemoConfig, out: Path, data: dict[str, Path]) -> dict:
     from jaxrlhf.stages.rl import RLConfig
 
     mesh = to_dict(cfg.mesh)
-    sft = merge_dicts({"seed": cfg.seed, "output_dir": str(out / "sft"), "tokenizer": str(out / "base"),
-                  "model": {"path": str(out / "base")}, "mesh": mesh,
-                  "data": {"train_files": [str(data["sft"])], "max_length": cfg.max_length}}, cfg.sft)
+    base = base_model_dir(cfg, out)
+
+    def settings(stage: dict) -> dict:
+        return merge_dicts(cfg.every_stage, stage)
+
+    sft = merge_dicts({"seed": cfg.seed, "output_dir": str(out / "sft"), "tokenizer": str(base),
+                  "model": {"path": str(base)}, "mesh": mesh,
+                  "data": {"train_files": [str(data["sft"])], "max_length": cfg.max_length}}, settings(cfg.sft))
     rm_files = [str(data["rm"])] + ([str(policy_rm_file(out))] if "rm_policy_prompts" in data else [])
     rm = from_dict(RMConfig, merge_dicts({"seed": cfg.seed, "output_dir": str(out / "rm"),
                                      "model": {"path": str(out / "sft" / "final")}, "mesh": mesh,
                                      "data": {"train_files": rm_files, "max_length": cfg.max_length}},
-                                    cfg.rm), "demo rm")
+                                    settings(cfg.rm)), "demo rm")
     ppo = merge_dicts({"seed": cfg.seed, "output_dir": str(out / "ppo"), "model": {"path": str(out / "sft" / "final")},
                   "mesh": mesh, "data": {"prompt_files": [str(data["ppo_prompts"])],
                                          "max_prompt_length": cfg.max_prompt_length},
                   # the RM scores rollouts where it was trained to: with or without the EOS
                   "rewards": [{"kind": "model", "path": str(out / "rm" / "final"),
                                "include_eos": rm.data.append_eos, **cfg.ppo_reward}]},
-                 cfg.ppo)
+                 settings(cfg.ppo))
     dpo = merge_dicts({"seed": cfg.seed, "output_dir": str(out / "dpo"), "model": {"path": str(out / "sft" / "final")},
-                  "mesh": mesh, "data": {"train_files": [str(data["dpo"])], "max_length": cfg.max_length}}, cfg.dpo)
+                  "mesh": mesh, "data": {"train_files": [str(data["dpo"])], "max_length": cfg.max_length}}, settings(cfg.dpo))
     return {"sft": from_dict(SFTConfig, sft, "demo sft"), "rm": rm,
             "ppo": from_dict(RLConfig, ppo, "demo ppo"), "dpo": from_dict(DPOConfig, dpo, "demo dpo")}
 
@@ -142,6 +158,24 @@ def build_policy_rm_data(cfg: DemoConfig, out: Path, prompts_file: Path, ppo_con
     result = {"generation": generation, "ranked": counts}
     (folder / "results.json").write_text(json.dumps(result, indent=2))
     return result
+
+
+def base_model_dir(cfg: DemoConfig, out: Path) -> Path:
+    """The model SFT starts from (and whose tokenizer every stage reads): ``pretrained``, or the
+    tiny Llama built from scratch in ``out/base``."""
+    return Path(cfg.pretrained) if cfg.pretrained else out / "base"
+
+
+def check_pretrained(cfg: DemoConfig) -> None:
+    """A ``pretrained`` folder that cannot be a model is a one-line error before any stage runs."""
+    from jaxrlhf.config import ConfigError
+
+    folder = Path(cfg.pretrained)
+    missing = [name for name in ("config.json", "tokenizer_config.json") if not (folder / name).is_file()]
+    if missing:
+        raise ConfigError(f"pretrained: {folder} is not a Hugging Face model folder with its tokenizer "
+                          f"(no {' or '.join(missing)}); convert one with `jaxrlhf convert gguf FILE OUT` "
+                          "or point pretrained at a transformers save_pretrained folder")
 
 
 def build_base_model(cfg: DemoConfig, out: Path, texts) -> Path:
@@ -195,6 +229,8 @@ def run_demo(cfg: DemoConfig) -> dict:
     from jaxrlhf.tasks.length_control import build_length_control_data, evaluate_length_control
     from jaxrlhf.tasks.length_control.report import write_report
 
+    if cfg.pretrained:
+        check_pretrained(cfg)
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     save_config(cfg, out / "demo_config.yaml")
@@ -218,7 +254,9 @@ def run_demo(cfg: DemoConfig) -> dict:
                      source=list(cfg.source) or None, n_sft=d.n_sft, n_rm=d.n_rm, n_test=d.n_test,
                      n_ppo_prompts=d.n_ppo_prompts, n_rm_policy=d.n_rm_policy, paragraph_chars=tuple(d.paragraph_chars),
                      sft_noise=d.sft_noise)
-    if (out / "base" / "model.safetensors").exists():
+    if cfg.pretrained:  # SFT starts from it: no char tokenizer, no model from scratch
+        log.info("demo: starting from the pretrained model in %s", cfg.pretrained)
+    elif (out / "base" / "model.safetensors").exists():
         log.info("demo: base model already built, kept")
     else:
         timed("base model", build_base_model, cfg, out, _texts(data))
