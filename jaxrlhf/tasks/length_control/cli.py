@@ -104,8 +104,10 @@ def add_eval(sub) -> None:
         "length-control", help="mean length score of greedy answers",
         description="Decode every prompt greedily, count the answer's characters (whitespace "
                     "excluded) and score it against the prompt's limit (the 'limit' field, or parsed "
-                    "from the prompt); write predictions and print the mean score and the "
-                    "distribution over the six score levels.")
+                    "from the prompt); write predictions and print the mean score, the mean "
+                    "fidelity (share of the answer's character bigrams found in its source paragraph: "
+                    "the row's 'source', else its prompt) and the distribution over the six score "
+                    "levels, per 'part' too when the rows name parts.")
     lc.add_argument("--model", required=True, metavar="DIR")
     lc.add_argument("--data", required=True, metavar="FILE", help='JSONL of {"prompt"[, "limit"]}')
     lc.add_argument("--out", required=True, metavar="FILE", help="predictions JSONL to write")
@@ -127,8 +129,8 @@ def run_eval_length_control(args) -> int:
     check_output(args.out, inputs=(args.data,), input_model_dirs=(args.model,), overwrite=args.overwrite)
     result = evaluate_length_control(args.model, args.data, args.out, batch_size=args.batch_size,
                                      max_prompt_length=args.max_prompt_length)
-    print(f"mean length score {result['mean_score']:.3f} over {result['scored_rows']} rows "
-          f"({result['no_limit_rows']} without a limit); predictions: {args.out}")
+    print(f"mean length score {result['mean_score']:.3f}, mean fidelity {result['mean_fidelity']:.3f} over "
+          f"{result['scored_rows']} rows ({result['no_limit_rows']} without a limit); predictions: {args.out}")
     print(format_distribution(result))
     return 0
 

@@ -9,6 +9,7 @@ right-closed bins of width 0.05. The comparison is done in integers (``|count - 
 from __future__ import annotations
 
 import re
+from collections import Counter
 from collections.abc import Mapping
 from typing import Any
 
@@ -137,6 +138,78 @@ def row_limit(prompt: str, meta: Mapping[str, Any] | None = None) -> int | None:
             value = None
         return value if value is not None and value > 0 else None
     return parse_limit(prompt)
+
+
+# --------------------------------------------------------------------------- fidelity
+
+
+def _bigrams(text: str) -> Counter:
+    chars = [c for c in text if not c.isspace()]
+    return Counter(a + b for a, b in zip(chars, chars[1:]))
+
+
+def fidelity(answer: str, source: str) -> float:
+    """The share of the answer's character bigrams (whitespace removed from both) that occur in
+    the source paragraph: 1 for a verbatim extract, near 0 for text from elsewhere.
+
+    A bigram is matched at most as often as the source has it (BLEU's clipped counts), so
+    repeating a source clause does not count twice: padding an answer with repeats is not a
+    faithful summary. Without a bigram (one character) the answer's character must occur in the
+    source; an empty answer says nothing from the source and scores 0."""
+    chars = [c for c in answer if not c.isspace()]
+    if len(chars) < 2:
+        return float(bool(chars) and chars[0] in source)
+    wanted, have = _bigrams(answer), _bigrams(source)
+    matched = sum(min(n, have[b]) for b, n in wanted.items())
+    return matched / (len(chars) - 1)
+
+
+def row_source(prompt: str, meta: Mapping[str, Any] | None = None) -> str:
+    """The paragraph an answer is checked against: the row's ``source`` field, else the whole
+    prompt (it holds the paragraph; the instruction adds a few bigrams an answer rarely uses)."""
+    value = (meta or {}).get("source")
+    return value if isinstance(value, str) and value else prompt
+
+
+# how the rule reward combines the length score L and the fidelity F of an answer
+COMBINE = ("length", "fidelity", "product", "weighted_sum")
+
+
+def combine_length_fidelity(length: float, faithful: float, combine: str = "product",
+                            fidelity_weight: float = 0.5) -> float:
+    """length: L; fidelity: F; product: L * F (right length AND from the source); weighted_sum:
+    (1 - w) * L + w * F."""
+    if combine == "length":
+        return length
+    if combine == "fidelity":
+        return faithful
+    if combine == "product":
+        return length * faithful
+    if combine == "weighted_sum":
+        return (1.0 - fidelity_weight) * length + fidelity_weight * faithful
+    raise ValueError(f"combine must be one of {', '.join(COMBINE)}, got {combine!r}")
+
+
+def length_fidelity_reward(batch: TextBatch, combine: str = "product", fidelity_weight: float = 0.5) -> np.ndarray:
+    """The rule reward with fidelity (``jaxrlhf.tasks.length_control.score:length_fidelity_reward``,
+    ``kwargs: {combine: product|weighted_sum|length|fidelity, fidelity_weight: w}``): each answer's
+    length score and :func:`fidelity` to its row's ``source`` (else its prompt), combined by
+    :func:`combine_length_fidelity`. A row whose limit is unknown scores 0, as in
+    :func:`length_control_reward` (its fidelity alone when ``combine`` is fidelity)."""
+    if combine not in COMBINE:
+        raise ValueError(f"combine must be one of {', '.join(COMBINE)}, got {combine!r}")
+    if not 0.0 <= fidelity_weight <= 1.0:
+        raise ValueError(f"fidelity_weight must be in [0, 1], got {fidelity_weight}")
+    out = np.zeros(len(batch.responses), np.float32)
+    for i, (prompt, response) in enumerate(zip(batch.prompts, batch.responses)):
+        meta = batch.meta[i] if i < len(batch.meta) else {}
+        faithful = fidelity(response, row_source(prompt, meta))
+        limit = row_limit(prompt, meta)
+        if limit is not None:
+            out[i] = combine_length_fidelity(score(response, limit), faithful, combine, fidelity_weight)
+        elif combine == "fidelity":
+            out[i] = faithful
+    return out
 
 
 def length_control_reward(batch: TextBatch) -> np.ndarray:
