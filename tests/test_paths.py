@@ -108,7 +108,7 @@ def test_export_never_turns_the_base_model_into_a_reward_model(tmp_path, capsys)
 
 
 def test_export_knows_every_model_folder_of_a_run_config():
-    from jaxrlhf.cli import _model_folders
+    from jaxrlhf.commands.models import _model_folders
     config = {"model": {"path": "sft", "arch": None}, "tokenizer": "tok", "reference_path": "ref",
               "critic_path": None, "rewards": [{"kind": "model", "path": "rm"}, {"kind": "rule", "function": "m:f"}],
               "data": {"prompt_files": ["p.jsonl"]}}

@@ -1,0 +1,3 @@
+"""The subcommands of the ``jaxrlhf`` command line (jaxrlhf/cli.py builds the parser from them):
+training stages and config show (training.py), the model-facing commands (models.py), what they
+share (common.py)."""
