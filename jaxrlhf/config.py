@@ -85,12 +85,19 @@ class ModelConfig:
     remat: bool = False  # recompute each block's activations in the backward pass
     # how attention is computed (jaxrlhf.models.attention): auto picks per platform and length
     attention: typing.Literal["auto", "xla", "chunked", "cudnn", "splash"] = "auto"
+    # how the losses get token log-probs from the last hidden states (jaxrlhf.models.logits_path):
+    # full computes the whole [B, T, V] logits; chunked runs the head logits_chunk_size tokens at
+    # a time and never holds them all (for big vocabularies, e.g. Gemma 3's 262k)
+    logits: typing.Literal["full", "chunked"] = "full"
+    logits_chunk_size: int = 512  # tokens per head chunk on the chunked logits path
     lora: LoRAConfig | None = None  # train LoRA adapters (and heads) on a frozen base instead of every weight
 
     def __post_init__(self):
         for key in ("dtype", "param_dtype"):
             if getattr(self, key) not in DTYPE_NAMES:
                 raise ValueError(f"{key} must be one of {DTYPE_NAMES}, got {getattr(self, key)!r}")
+        if self.logits_chunk_size < 1:
+            raise ValueError(f"logits_chunk_size must be >= 1, got {self.logits_chunk_size}")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,6 +16,8 @@ import jax
 import jax.numpy as jnp
 from flax import nnx
 
+from jaxrlhf.models.logits_path import last_token_logits
+
 
 @dataclasses.dataclass(frozen=True)
 class SamplingConfig:
@@ -89,7 +91,8 @@ def generate(graphdef: nnx.GraphDef, state: nnx.State | tuple, input_ids: jax.Ar
     eos = jnp.asarray(eos_id if isinstance(eos_id, (tuple, list)) else (eos_id,), jnp.int32)
     slots = jnp.concatenate([attention_mask.astype(jnp.int32), jnp.zeros((b, n), jnp.int32)], axis=1)
     out = model(input_ids, slots, cache=model.init_cache(b, p + n))
-    cache, last_logits = out.cache, out.logits[:, -1]
+    # model.logits chunked: the head on the last position only, not [B, P, V] logits
+    cache, last_logits = out.cache, last_token_logits(model, out)
     if group > 1:  # [B, ...] -> [B * group, ...]; the cache's write index is a scalar
         cache, last_logits, slots = jax.tree.map(lambda x: jnp.repeat(x, group, axis=0) if x.ndim else x,
                                                  (cache, last_logits, slots))

@@ -117,6 +117,10 @@ class CausalLM(nnx.Module):
     remat: bool
     layers: nnx.List
     attention: str = "auto"  # model.attention: see jaxrlhf.models.attention (set_attention)
+    # model.logits / model.logits_chunk_size: how losses get token log-probs from the hidden
+    # states (jaxrlhf.models.logits_path.set_logits_path)
+    logits_path: str = "full"
+    logits_chunk_size: int = 512
 
     def embed(self, input_ids: jax.Array, positions: jax.Array) -> jax.Array:
         raise NotImplementedError

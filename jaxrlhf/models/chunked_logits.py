@@ -50,6 +50,19 @@ def _chunk_stats(unembed: Unembed, hidden: jax.Array, targets: jax.Array, temper
     return picked.reshape(-1)[:n], entropy.reshape(-1)[:n]
 
 
+def chunked_target_stats(unembed: Unembed, hidden: jax.Array, targets: jax.Array, *,
+                         temperature: float = 1.0, chunk_size: int = 512) -> tuple[jax.Array, jax.Array]:
+    """Log-prob of each given target and the entropy of the distribution it was drawn from.
+
+    hidden: [B, N, E] (the positions that predict); targets: [B, N] (the tokens they predict)
+    -> log_probs [B, N], entropy [B, N], float32, under ``softmax(unembed(hidden) / temperature)``.
+    """
+    b, n, e = hidden.shape
+    picked, entropy = _chunk_stats(unembed, hidden.reshape(b * n, e), targets.reshape(b * n),
+                                   temperature, chunk_size)
+    return picked.reshape(b, n), entropy.reshape(b, n)
+
+
 def chunked_token_stats(unembed: Unembed, hidden: jax.Array, input_ids: jax.Array, *,
                         temperature: float = 1.0, chunk_size: int = 512) -> tuple[jax.Array, jax.Array]:
     """Log-probs of the taken tokens and per-position entropies.
@@ -59,13 +72,12 @@ def chunked_token_stats(unembed: Unembed, hidden: jax.Array, input_ids: jax.Arra
     and entropy [B, T] (of position t's distribution, as
     ``losses.entropy_from_logits(logits / temperature)``).
     """
-    b, t, e = hidden.shape
     # the target of position t is token t+1; the last position's (unused) target is token 0
     targets = jnp.concatenate([input_ids[:, 1:], jnp.zeros_like(input_ids[:, :1])], axis=1)
-    picked, entropy = _chunk_stats(unembed, hidden.reshape(b * t, e), targets.reshape(b * t),
-                                   temperature, chunk_size)
-    log_probs = jnp.pad(picked.reshape(b, t)[:, :-1], ((0, 0), (1, 0)))
-    return log_probs, entropy.reshape(b, t)
+    picked, entropy = chunked_target_stats(unembed, hidden, targets, temperature=temperature,
+                                           chunk_size=chunk_size)
+    log_probs = jnp.pad(picked[:, :-1], ((0, 0), (1, 0)))
+    return log_probs, entropy
 
 
 def chunked_token_log_probs(unembed: Unembed, hidden: jax.Array, input_ids: jax.Array, *,

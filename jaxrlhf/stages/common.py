@@ -448,7 +448,7 @@ def load_policy(model_cfg, *, mesh: Mesh, seed: int):
         model = create_model(arch, seed=seed, **common)
     else:
         raise ConfigError("set model.path (a Hugging Face folder) or model.arch (an architecture YAML)")
-    return with_lora(with_attention(model, model_cfg), model_cfg, mesh=mesh, seed=seed)
+    return with_lora(with_logits_path(with_attention(model, model_cfg), model_cfg), model_cfg, mesh=mesh, seed=seed)
 
 
 def with_attention(model, model_cfg):
@@ -458,6 +458,12 @@ def with_attention(model, model_cfg):
         return set_attention(model, model_cfg.attention)
     except ValueError as e:  # a kernel for another platform: one line naming the key
         raise ConfigError(str(e)) from None
+
+
+def with_logits_path(model, model_cfg):
+    """``model`` getting its losses' token log-probs by the path ``model.logits`` names."""
+    from jaxrlhf.models.logits_path import set_logits_path
+    return set_logits_path(model, model_cfg.logits, model_cfg.logits_chunk_size)
 
 
 def with_lora(model, model_cfg, *, mesh: Mesh, seed: int):

@@ -415,13 +415,14 @@ def load_rl_models(cfg: RLConfig, mesh, *, reference: bool = True):
     """(actor, reference or None, critic or None) as the config names them."""
     from jaxrlhf.models import from_pretrained, reward_model_from_pretrained
 
-    from jaxrlhf.stages.common import with_attention, with_lora
+    from jaxrlhf.stages.common import with_attention, with_logits_path, with_lora
 
     common = dict(dtype=cfg.model.dtype, param_dtype=cfg.model.param_dtype, mesh=mesh)
     actor = with_lora(from_pretrained(cfg.model.path, remat=cfg.model.remat, **common), cfg.model, mesh=mesh,
                       seed=cfg.seed)
     # the reference runs through the actor's graphdef, so it follows the actor's attention backend
-    actor = with_attention(actor, cfg.model)
+    # and logits path; so does the sampler
+    actor = with_logits_path(with_attention(actor, cfg.model), cfg.model)
     if cfg.model.lora is not None:  # the reference is the actor's base with its starting adapters
         if cfg.reference_path not in (None, cfg.model.path):
             raise ConfigError("with model.lora the reference is model.path with the starting adapters: "

@@ -9,7 +9,8 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxrlhf.losses import dpo_loss, token_log_probs
+from jaxrlhf.losses import dpo_loss
+from jaxrlhf.models.logits_path import token_log_probs
 from jaxrlhf.steps.common import TrainState, accumulate, apply_gradients
 
 
@@ -22,9 +23,9 @@ def pair_log_probs(params, buffers, graphdef, batch: dict, *, average: bool = Fa
     b, two, t = batch["input_ids"].shape
     flat = lambda x: x.reshape(b * two, t)
     model = nnx.merge(graphdef, params, buffers)
-    logits = model(flat(batch["input_ids"]), flat(batch["attention_mask"])).logits
     mask = flat(batch["loss_mask"]).astype(jnp.float32).at[:, 0].set(0.0)
-    total = (token_log_probs(logits, flat(batch["input_ids"])) * mask).sum(-1)
+    # by the model's logits path (model.logits)
+    total = (token_log_probs(model, flat(batch["input_ids"]), flat(batch["attention_mask"])) * mask).sum(-1)
     if average:
         total = total / jnp.maximum(mask.sum(-1), 1.0)
     return total.reshape(b, two)

@@ -26,7 +26,8 @@ import optax
 from flax import nnx
 
 from jaxrlhf.algorithms import AlgorithmConfig, aggregate, clipped_surrogate, compute_advantages, token_rewards
-from jaxrlhf.losses import entropy_from_logits, kl_penalty, masked_mean, ppo_value_loss, token_log_probs
+from jaxrlhf.losses import kl_penalty, masked_mean, ppo_value_loss
+from jaxrlhf.models import logits_path
 from jaxrlhf.steps.common import TrainState, apply_gradients
 
 
@@ -66,12 +67,10 @@ def adaptive_kl_coef(kl_coef: jax.Array, observed_kl: jax.Array, *, target: floa
 
 def response_log_probs_and_entropy(params, buffers, graphdef, input_ids, attention_mask,
                                    prompt_len: int, temperature: float):
-    """Log-probs and entropies [B, N] of the response tokens under the policy at ``temperature``."""
+    """Log-probs and entropies [B, N] of the response tokens under the policy at ``temperature``,
+    by the policy's logits path (model.logits). input_ids, attention_mask: [B, P + N]."""
     model = nnx.merge(graphdef, params, buffers)
-    logits = model(input_ids, attention_mask).logits
-    log_probs = token_log_probs(logits, input_ids, temperature)[:, prompt_len:]
-    entropy = entropy_from_logits(logits[:, prompt_len - 1:-1] / temperature)
-    return log_probs, entropy
+    return logits_path.response_log_probs_and_entropy(model, input_ids, attention_mask, prompt_len, temperature)
 
 
 def response_values(params, buffers, graphdef, input_ids, attention_mask, prompt_len: int):

@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import optax
 from flax import nnx
 
-from jaxrlhf.losses import sft_loss
+from jaxrlhf.models.logits_path import sft_loss
 from jaxrlhf.steps.common import TrainState, accumulate, apply_gradients
 
 
@@ -18,15 +18,16 @@ def trained_token_count(loss_mask: jax.Array) -> jax.Array:
     return jnp.maximum(loss_mask[..., 1:].sum(), 1).astype(jnp.float32)
 
 
-def lm_logits(params, buffers, graphdef, batch: dict) -> jax.Array:
-    """Logits [b, T, V]; rows may be packed (segment_ids isolate the examples)."""
+def lm_sft_loss(params, buffers, graphdef, batch: dict) -> tuple[jax.Array, dict]:
+    """``losses.sft_loss`` of one micro-batch [b, T] by the model's logits path (model.logits);
+    rows may be packed (segment_ids isolate the examples)."""
     model = nnx.merge(graphdef, params, buffers)
-    return model(batch["input_ids"], batch["attention_mask"], segment_ids=batch["segment_ids"]).logits
+    return sft_loss(model, batch["input_ids"], batch["attention_mask"], batch["loss_mask"],
+                    segment_ids=batch["segment_ids"])
 
 
 def sft_loss_fn(params, buffers, micro_batch, *, graphdef, token_count):
-    logits = lm_logits(params, buffers, graphdef, micro_batch)
-    _, m = sft_loss(logits, micro_batch["input_ids"], micro_batch["loss_mask"])
+    _, m = lm_sft_loss(params, buffers, graphdef, micro_batch)
     return m["nll_sum"] / token_count, m
 
 
@@ -49,6 +50,5 @@ def sft_train_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef,
 def sft_eval_step(state: TrainState, batch: dict, *, graphdef: nnx.GraphDef) -> dict:
     """Summed NLL and target count over an eval batch [A, b, T]."""
     def one(micro_batch):
-        logits = lm_logits(state.params, state.buffers, graphdef, micro_batch)
-        return sft_loss(logits, micro_batch["input_ids"], micro_batch["loss_mask"])[1]
+        return lm_sft_loss(state.params, state.buffers, graphdef, micro_batch)[1]
     return jax.tree.map(lambda x: x.sum(0), jax.lax.map(one, batch))
