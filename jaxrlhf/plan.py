@@ -50,16 +50,18 @@ def _memory(name: str, compiled, arguments) -> MemoryPlan:
     return MemoryPlan(name, per_device_bytes(arguments), int(compiled.memory_analysis().temp_size_in_bytes))
 
 
-def _abstract_models(arch, mesh, dtype, param_dtype, remat, lora=None):
+def _abstract_models(arch, mesh, dtype, param_dtype, remat, lora=None, logits=("full", 512)):
     """(policy, reward model) as (graphdef, params, buffers) of abstract sharded arrays; with
-    ``lora`` both carry adapters and split as training does (adapters + heads | frozen base)."""
+    ``lora`` both carry adapters and split as training does (adapters + heads | frozen base).
+    ``logits``: (model.logits, model.logits_chunk_size) the policy's losses use."""
     from jaxrlhf.models.io import _backbone_factory, _reward_factory
+    from jaxrlhf.models.logits_path import set_logits_path
     from jaxrlhf.models.lora import add_lora, split_trained
     from jaxrlhf.sharding import state_shardings
 
     def adapted(factory):
         def make():
-            model = factory()
+            model = set_logits_path(factory(), *logits)
             if lora is not None:
                 add_lora(model, lora)
             return model
@@ -97,7 +99,8 @@ def plan_rm_step(arch, mesh, *, batch: int, k: int, seq: int, dtype="bfloat16", 
 
 
 def plan_ppo_iteration(arch, mesh, *, batch: int, prompt: int, new_tokens: int, dtype="bfloat16",
-                       param_dtype="float32", remat: bool = True, lora=None) -> MemoryPlan:
+                       param_dtype="float32", remat: bool = True, lora=None,
+                       logits: tuple[str, int] = ("full", 512)) -> MemoryPlan:
     """Scoring + PPO update in one program, with the learner's own pure functions
     (``make_experience``, ``update_policy``) and a default algorithm (GAE with a
     critic, 2 epochs x 2 minibatches, EMA of the actor): actor and critic trained (with optimizer
@@ -105,12 +108,14 @@ def plan_ppo_iteration(arch, mesh, *, batch: int, prompt: int, new_tokens: int, 
 
     ``lora`` (a LoRAConfig): as a LoRA run holds it: actor and critic train adapters (and the
     critic's head) on frozen bases of ``param_dtype``; the reference is the actor's base with
-    the starting adapters (no tree of its own); the reward model is frozen in ``param_dtype``."""
+    the starting adapters (no tree of its own); the reward model is frozen in ``param_dtype``.
+    ``logits``: (model.logits, model.logits_chunk_size) for the actor's and reference's log-probs."""
     from jaxrlhf.algorithms import AlgorithmConfig, AveragingConfig
     from jaxrlhf.steps.common import OptimConfig, init_train_state, make_optimizer, train_state_shardings
     from jaxrlhf.steps.rl import RLState, make_experience, update_policy
 
-    (pol_g, pol_p, pol_b), (rm_g, rm_p, rm_b) = _abstract_models(arch, mesh, dtype, param_dtype, remat, lora)
+    (pol_g, pol_p, pol_b), (rm_g, rm_p, rm_b) = _abstract_models(arch, mesh, dtype, param_dtype, remat, lora,
+                                                                 logits)
     tx = make_optimizer(OptimConfig(), 1000)
     replicated = NamedSharding(mesh, P())
     actor = jax.eval_shape(lambda: init_train_state(pol_p, pol_b, tx, 0))

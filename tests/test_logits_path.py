@@ -185,3 +185,23 @@ def test_config_key_and_errors():
         from_dict(RunConfig, {"model": {"logits_chunk_size": 0}})
     with pytest.raises(ValueError, match="model.logits must be one of full, chunked"):
         set_logits_path(nnx.Module(), "sliced")
+
+
+@pytest.mark.slow
+def test_plan_takes_the_logits_path():
+    """`jaxrlhf plan --logits chunked` compiles the learner's functions on the chunked path: with a
+    big vocabulary the PPO iteration's temporaries drop by more than the full path's [B, T, V]
+    float32 logits of one forward (make_experience alone runs two: actor and reference)."""
+    from jaxrlhf.models import LlamaConfig
+    from jaxrlhf.plan import plan_ppo_iteration
+    from jaxrlhf.sharding import MeshConfig, make_mesh
+
+    arch = LlamaConfig(vocab_size=32768, hidden_size=64, intermediate_size=128, num_hidden_layers=1,
+                       num_attention_heads=2, num_key_value_heads=1, max_position_embeddings=128)
+    mesh = make_mesh(MeshConfig(1, 1, 1), jax.devices()[:1])
+    sizes = dict(batch=4, prompt=32, new_tokens=32)
+    full = plan_ppo_iteration(arch, mesh, **sizes, logits=("full", 512))
+    chunked = plan_ppo_iteration(arch, mesh, **sizes, logits=("chunked", 16))
+    logits_bytes = 4 * (32 + 32) * 32768 * 4
+    assert full.argument_bytes == chunked.argument_bytes
+    assert full.temp_bytes - chunked.temp_bytes > logits_bytes, (full.temp_bytes, chunked.temp_bytes, logits_bytes)

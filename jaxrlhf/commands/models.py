@@ -307,6 +307,9 @@ def add_plan(sub) -> None:
     p.add_argument("--new-tokens", type=int, default=512, help="PPO response tokens")
     p.add_argument("--dtype", default="bfloat16", choices=["float32", "bfloat16"])
     p.add_argument("--no-remat", action="store_true", help="keep activations (no per-block remat)")
+    p.add_argument("--logits", choices=["full", "chunked"], default="full",
+                   help="model.logits for the PPO log-probs: full [B, T, V] logits, or the head in token chunks")
+    p.add_argument("--logits-chunk-size", type=int, default=512, help="model.logits_chunk_size (tokens per chunk)")
     p.add_argument("--lora-rank", type=int, default=0,
                    help="also plan the PPO iteration with LoRA adapters of this rank (0: full fine-tuning only)")
     p.add_argument("--lora-targets", default="all-linear", help="comma-separated q,k,v,o,gate,up,down or all-linear")
@@ -318,7 +321,7 @@ def add_plan(sub) -> None:
 def run_plan(args) -> int:
     import json as json_
 
-    from jaxrlhf.config import read_yaml
+    from jaxrlhf.config import ConfigError, read_yaml
     from jaxrlhf.models import config_from_hf
     from jaxrlhf.plan import format_plan, plan_ppo_iteration, plan_rm_step
 
@@ -328,16 +331,20 @@ def run_plan(args) -> int:
     mesh = mesh_from_flag(args.mesh)
     batch = args.batch or mesh.shape["data"] * mesh.shape["fsdp"]
     common = dict(dtype=args.dtype, remat=not args.no_remat)
+    if args.logits_chunk_size < 1:
+        raise ConfigError(f"--logits-chunk-size must be >= 1, got {args.logits_chunk_size}")
+    logits = (args.logits, args.logits_chunk_size)
     print(f"{arch.model_type}: {arch.num_hidden_layers} layers, hidden {arch.hidden_size}, vocab "
-          f"{arch.vocab_size}; mesh {dict(mesh.shape)}; {args.dtype} compute, float32 params + Adam")
+          f"{arch.vocab_size}; mesh {dict(mesh.shape)}; {args.dtype} compute, float32 params + Adam; "
+          f"logits {args.logits}" + (f" ({args.logits_chunk_size}-token chunks)" if args.logits == "chunked" else ""))
     plans = []
     if args.stage in ("rm", "all"):
         plans.append(plan_rm_step(arch, mesh, batch=batch, k=args.k, seq=args.seq, **common))
     if args.stage in ("ppo", "all"):
         plans.append(plan_ppo_iteration(arch, mesh, batch=batch, prompt=args.prompt,
-                                        new_tokens=args.new_tokens, **common))
+                                        new_tokens=args.new_tokens, logits=logits, **common))
         if args.lora_rank:  # the same iteration with adapters on frozen bases, beside full fine-tuning
-            from jaxrlhf.config import ConfigError, LoRAConfig
+            from jaxrlhf.config import LoRAConfig
             try:
                 lora = LoRAConfig(rank=args.lora_rank, alpha=2.0 * args.lora_rank,
                                   targets=tuple(args.lora_targets.split(",")))
@@ -346,7 +353,8 @@ def run_plan(args) -> int:
             print(f"LoRA: rank {lora.rank} on {', '.join(lora.target_names())}; {args.lora_base_dtype} "
                   "frozen bases, float32 adapters + Adam")
             plans.append(plan_ppo_iteration(arch, mesh, batch=batch, prompt=args.prompt, new_tokens=args.new_tokens,
-                                            param_dtype=args.lora_base_dtype, lora=lora, **common))
+                                            param_dtype=args.lora_base_dtype, lora=lora, logits=logits,
+                                            **common))
     print(format_plan(plans))
     return 0
 
