@@ -1,7 +1,10 @@
 """Training-state checkpoints: the only module that imports Orbax.
 
 A checkpoint is a step folder holding the state pytree (params, optimizer state, step,
-RNG, ...) and a small JSON of metadata (data position, metrics). Orbax writes each step
+RNG, ...) and a small JSON of metadata (data position, metrics). A LoRA run's frozen base (the
+``nnx.Param`` arrays in a train state's ``buffers``) is left out: it is read-only and already
+on disk at model.path, so a checkpoint holds what training changes, and a restore takes the
+base from the state the run built (the run record checks that it is the same base). Orbax writes each step
 into a temporary folder and renames it when complete, so a process killed at any moment,
 even mid-save, leaves the previous complete checkpoint as the latest one. Saves are
 collective across hosts (every process calls ``save``); Orbax writes each host's shards.
@@ -52,7 +55,7 @@ class Checkpointer:
     def save(self, step: int, state: Any, meta: dict) -> None:
         """Save ``state`` and JSON-able ``meta``; blocks until written unless async."""
         self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state), meta=ocp.args.JsonSave(meta)), force=True)
+            state=ocp.args.StandardSave(without_frozen_base(state)), meta=ocp.args.JsonSave(meta)), force=True)
         if not self.async_save:
             self._manager.wait_until_finished()
         log.info("saved checkpoint step %d to %s", step, self.directory)
@@ -61,15 +64,16 @@ class Checkpointer:
         """Restore into the shapes, dtypes and shardings of ``abstract_state``.
 
         abstract_state: a pytree of ``jax.ShapeDtypeStruct`` with ``sharding`` set (or of
-        arrays, whose shardings are reused).
+        arrays, whose shardings are reused); a LoRA state's frozen base must be real arrays
+        (the loaded base), which the restored state keeps.
         """
         step = self.latest_step() if step is None else step
         if step is None:
             raise FileNotFoundError(f"{self.directory}: no complete checkpoint to resume from")
-        target = jax.tree.map(_as_abstract, abstract_state)
+        target = jax.tree.map(_as_abstract, without_frozen_base(abstract_state))
         restored = self._manager.restore(step, args=ocp.args.Composite(
             state=ocp.args.StandardRestore(target), meta=ocp.args.JsonRestore()))
-        return restored["state"], dict(restored["meta"])
+        return with_frozen_base(restored["state"], abstract_state), dict(restored["meta"])
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict] | None:
         """(step, state, meta) of the newest checkpoint that reads back completely, or None
@@ -142,6 +146,42 @@ class Checkpointer:
         self._manager.close()
 
 
+def _is_train_state(x) -> bool:
+    from jaxrlhf.steps.common import TrainState
+    return isinstance(x, TrainState)
+
+
+def _base_and_rest(buffers):
+    """(frozen base Params, other buffers) of a train state's buffers: with LoRA every nnx.Param
+    there is the frozen base (split_trained puts trained Params in ``params``); without LoRA
+    there are none."""
+    from flax import nnx
+    return nnx.split_state(buffers, nnx.Param, ...)
+
+
+def without_frozen_base(state: Any) -> Any:
+    """``state`` with the frozen base left out of every TrainState in it (an RL state holds two)."""
+    strip = lambda x: x.replace(buffers=_base_and_rest(x.buffers)[1]) if _is_train_state(x) else x
+    return jax.tree.map(strip, state, is_leaf=_is_train_state)
+
+
+def with_frozen_base(restored: Any, built: Any) -> Any:
+    """``restored`` (a state without its frozen base) with the base arrays of ``built``, the state
+    this run built from model.path, put back."""
+    from flax import nnx
+
+    def join(r, b):
+        if not _is_train_state(r):
+            return r
+        base = _base_and_rest(b.buffers)[0]
+        if not all(isinstance(x, jax.Array) for x in jax.tree.leaves(base)):
+            raise ValueError("restoring a LoRA state needs the loaded frozen base arrays in the target "
+                             "state's buffers (checkpoints do not hold the base)")
+        return r.replace(buffers=nnx.merge_state(base, r.buffers))
+
+    return jax.tree.map(join, restored, built, is_leaf=_is_train_state)
+
+
 def _as_abstract(x):
     if isinstance(x, jax.ShapeDtypeStruct):
         return x
@@ -172,7 +212,7 @@ def _check_same_arrays(step: int, saved: list[tuple[int, ...]], abstract_state: 
     would hide a good run."""
     from jaxrlhf.models import CheckpointError
 
-    wanted = sorted(tuple(x.shape) for x in jax.tree.leaves(abstract_state))
+    wanted = sorted(tuple(x.shape) for x in jax.tree.leaves(without_frozen_base(abstract_state)))
     if saved != wanted:
         raise CheckpointError(f"{directory / str(step)}: holds {len(saved)} arrays whose shapes differ "
                               f"from the {len(wanted)} this config builds (another model or "

@@ -62,14 +62,36 @@ def _walk(config: Any, prefix: str = ""):
 
 def record_for(cfg: Any, stage: str) -> dict:
     """The keys fixing ``cfg``'s data order and shapes: {"stage", dotted key: value, ...},
-    with each data file list (``*_files``) as [{"path", "sha256"}, ...]."""
+    with each data file list (``*_files``) as [{"path", "sha256"}, ...]; with LoRA also the
+    frozen base's files (``model.frozen_base_files``)."""
     record: dict[str, Any] = {"stage": stage}
     for key, name, value in _walk(cfg):
         if name in FIXED_FIELDS:
             record[key] = _plain(value)
         elif name.endswith("_files") and isinstance(value, (tuple, list)):
             record[key] = [{"path": str(p), "sha256": file_sha256(p)} for p in value]
+    base = frozen_base_files(cfg)
+    if base:
+        record["model.frozen_base_files"] = [{"path": str(p), "sha256": file_sha256(p)} for p in base]
     return record
+
+
+def frozen_base_files(cfg: Any) -> list[Path]:
+    """The weight files a LoRA run reads its frozen models from, which its checkpoints leave out:
+    model.path's (the policy's base), the starting adapter's, and for RL the critic's and reward
+    models' folders. A resume rebuilds these from disk, so they must be the files the run began
+    with. Empty without LoRA (or for a base built from model.arch and the seed)."""
+    model = getattr(cfg, "model", None)
+    lora = getattr(model, "lora", None)
+    if lora is None:
+        return []
+    folders = [model.path, lora.adapter, getattr(cfg, "critic_path", None)]
+    folders += [r.path for r in getattr(cfg, "rewards", ()) or () if getattr(r, "kind", None) == "model"]
+    files: list[Path] = []
+    for folder in dict.fromkeys(f for f in folders if f):
+        folder = Path(folder)
+        files += sorted(folder.glob("*.safetensors")) if folder.is_dir() else [folder]
+    return files
 
 
 def _comparable(key: str, value: Any) -> Any:
@@ -99,7 +121,7 @@ def check_resume(saved: dict, current: dict) -> None:
     if changed:
         diffs = "; ".join(f"{k}: {_shown(k, saved.get(k))} -> {_shown(k, current.get(k))}"
                           for k in changed)
-        raise ConfigError(f"--resume with a config that changes the run's data order or shapes "
+        raise ConfigError(f"--resume with a config that changes the run's data order, shapes or frozen base "
                           f"({diffs}): resume with the saved values, or start a new output_dir")
 
 

@@ -53,6 +53,7 @@ def export_run(run_dir: str | Path, out: str | Path, *, step: int | None = None,
     abstract = jax.eval_shape(lambda: init_train_state(params, buffers, tx, cfg.seed))
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+    abstract = abstract.replace(buffers=buffers)  # LoRA: checkpoints leave the frozen base out, it is model.path's
     if step is None:  # the newest checkpoint that reads back; damaged ones set aside
         _, state, _ = checkpointer.restore_latest(abstract)
     else:
@@ -97,6 +98,7 @@ def export_rl_run(run_dir: Path, cfg, out, *, step: int | None, dtype: str | Non
     from jaxrlhf.checkpoint import Checkpointer
     from jaxrlhf.models import load_tokenizer, save_pretrained
     from jaxrlhf.sharding import MeshConfig, make_mesh
+    from jaxrlhf.models.lora import split_trained
     from jaxrlhf.stages.rl import abstract_rl_state, load_rl_models
 
     if role not in ("policy", "critic"):
@@ -111,6 +113,10 @@ def export_rl_run(run_dir: Path, cfg, out, *, step: int | None, dtype: str | Non
     (actor_graphdef, critic_graphdef), abstract = abstract_rl_state(cfg, actor, critic)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     abstract = jax.tree.map(lambda a: jax.ShapeDtypeStruct(a.shape, a.dtype, sharding=device), abstract)
+    # LoRA: checkpoints leave the frozen bases out; they are the loaded models' own
+    abstract = abstract.replace(
+        actor=abstract.actor.replace(buffers=split_trained(actor)[2]),
+        critic=None if critic is None else abstract.critic.replace(buffers=split_trained(critic)[2]))
     state = restore_state(checkpointer, abstract, step, run_dir / "checkpoints")
     checkpointer.close()
     if role == "critic":
