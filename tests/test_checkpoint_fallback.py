@@ -65,12 +65,17 @@ def test_damaged_latest_falls_back_and_is_set_aside(tmp_path, caplog, fault):
     assert any("step 3" in r.getMessage() and "damaged" in r.getMessage() for r in caplog.records)
 
 
-def test_resume_uses_the_fallback(tmp_path):
+@pytest.mark.parametrize("fault", list(FAULTS))
+def test_resume_uses_the_fallback(tmp_path, fault):
+    """Through the stages' own resume entry point (which exists on the issue's main too, where
+    each of these faults ended --resume with a raw traceback)."""
     ckpt = saved_run(tmp_path)
-    truncate_data(tmp_path / "3")
+    FAULTS[fault](tmp_path / "3")
     restored, start = restore_or_start(ckpt, state(0), resume=True)
     assert (start.epoch, start.batch, start.steps) == (0, 2, 2)
     assert int(restored["step"]) == 2
+    np.testing.assert_array_equal(restored["w"], np.full((8, 4), 2.0))
+    assert (tmp_path / "damaged" / "3").is_dir()
 
 
 def test_every_checkpoint_damaged_is_one_line(tmp_path):
