@@ -44,7 +44,7 @@ def test_recipe_without_its_model_folder_is_a_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # refused before any data or stage ran
 
 
-def build_bpe_tokenizer(texts: list[str], folder: Path, vocab_size: int = 600):
+def build_bpe_tokenizer(texts: list[str], folder: Path, vocab_size: int = 2000):
     """A Gemma-like tokenizer (pad 0, eos 1, bos 2, unk 3, BOS prepended) whose BPE merges are
     learned on ``texts``, with byte fallback so every string encodes: several characters per
     token where the data repeats them, as a real subword tokenizer spends them."""
@@ -101,13 +101,13 @@ def pretrained(tmp_path_factory):
 def test_recipe_smoke_runs_every_stage_from_the_pretrained_folder(pretrained, tmp_path, capsys):
     folder, tokenizer = pretrained
     vocab = json.loads(tokenizer.backend_tokenizer.to_str())["model"]["vocab"]
-    prompt = "请将这段描述浓缩成30字的要义。"
-    assert len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) < len(prompt)  # subwords, not chars
     out = tmp_path / "run"
     assert main(["demo", "--config", str(RECIPE), "--size", "smoke", "--out", str(out),
                  "--set", f"pretrained={folder}"]) == 0
     assert "demo finished" in capsys.readouterr().out
     assert not (out / "base").exists()  # no char tokenizer, no model from scratch
+    prompt = json.loads((out / "data" / "test.jsonl").read_text(encoding="utf-8").splitlines()[0])["prompt"]
+    assert len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) < len(prompt) / 2  # subwords, not chars
     for stage in ("sft", "rm", "ppo", "dpo"):
         assert (out / stage / "results.json").exists(), stage
         assert (out / stage / "final" / "adapter" / "adapter_model.safetensors").exists(), stage
