@@ -22,10 +22,14 @@ def test_demo_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
     assert "rm_policy.jsonl" in rm_config and "data/rm.jsonl" in rm_config
     for model in ("sft", "dpo", "ppo"):
         rows = [json.loads(l) for l in (out / "eval" / f"{model}.jsonl").read_text().splitlines()]
-        assert len(rows) == 16 and all("chars" in r and "score" in r for r in rows)
+        assert len(rows) == 16 + 8 and all("chars" in r and "score" in r and "fidelity" in r for r in rows)
+        assert [r["part"] for r in rows] == ["in_distribution"] * 16 + ["held_out"] * 8
+        summary = json.loads((out / "eval" / f"{model}.json").read_text())
+        assert set(summary["parts"]) == {"in_distribution", "held_out"} and summary["mean_fidelity"] is not None
     report = (out / "report.md").read_text()
     for needle in ("| SFT |", "| DPO |", "| RLHF (PPO + learned RM) |", "Reward model", "## Examples",
-                   "sft_loss.png", "rm_loss.png", "ppo/ppo_kl.png"):
+                   "mean fidelity", "held-out source score", "Mean fidelity of the answers in each score band",
+                   "| held-out source |", "sft_loss.png", "rm_loss.png", "ppo/ppo_kl.png"):
         assert needle in report, needle
     assert (out / "sft_loss.png").stat().st_size > 1000
 

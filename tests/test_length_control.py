@@ -317,9 +317,10 @@ def test_files_load_with_the_trainers_loaders(full_data):
     for row in read(full_data["dpo"]):
         limit = parse_limit(row["prompt"])
         assert score(row["chosen"], limit) > score(row["rejected"], limit)
-    for name in ("test", "ppo_prompts"):
+    for name, fields in (("test", {"prompt", "limit", "source", "part"}), ("ppo_prompts", {"prompt", "limit", "source"})):
         rows = read(full_data[name])
-        assert all(set(r) == {"prompt", "limit"} and parse_limit(r["prompt"]) == r["limit"] for r in rows)
+        assert all(set(r) == fields and parse_limit(r["prompt"]) == r["limit"] for r in rows)
+        assert all(r["source"] in r["prompt"] for r in rows)  # the paragraph fidelity is measured against
     assert all(parse_limit(r["prompt"]) is not None for r in read(full_data["sft"]))
 
 
@@ -473,7 +474,7 @@ def test_demo_reward_model_reads_where_ppo_scores(tmp_path):
         configs = stage_configs(load_demo_config(None, [f"output_dir={tmp_path}", *overrides]),
                                 tmp_path, data)
         assert configs["rm"].data.append_eos is expected
-        assert [r.include_eos for r in configs["ppo"].rewards] == [expected]
+        assert [r.include_eos for r in configs["ppo"].rewards if r.kind == "model"] == [expected]
 
 
 def test_data_command_takes_the_sft_noise(tmp_path, capsys):
@@ -503,4 +504,6 @@ def test_data_command_builds_the_demos_data_by_default(tmp_path, monkeypatch):
     d = demo.data
     assert seen == {"seed": demo.seed, "source": None, "n_sft": d.n_sft, "n_rm": d.n_rm, "n_test": d.n_test,
                     "n_ppo_prompts": d.n_ppo_prompts, "n_rm_policy": d.n_rm_policy,
-                    "paragraph_chars": tuple(d.paragraph_chars), "sft_noise": d.sft_noise}
+                    "paragraph_chars": tuple(d.paragraph_chars), "sft_noise": d.sft_noise,
+                    "real_share": d.real_share, "n_test_held_out": d.n_test_held_out,
+                    "rm_unfaithful": d.rm_unfaithful, "dpo_unfaithful_share": d.dpo_unfaithful_share}

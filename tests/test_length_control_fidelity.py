@@ -79,3 +79,25 @@ def test_evaluation_reports_fidelity_per_level_and_per_part(tmp_path):
     assert parts["in_distribution"]["mean_fidelity"] == pytest.approx((1.0 + scored[1]["fidelity"]) / 2)
     text = format_distribution(result)
     assert "fidelity" in text.splitlines()[0] and "mean fidelity" in text and "held_out: mean score" in text
+
+
+def test_demo_adds_the_configured_rule_reward_to_ppo(tmp_path):
+    from jaxrlhf.config import ConfigError
+    from jaxrlhf.tasks.length_control.pipeline import RULE_FUNCTION, load_demo_config, stage_configs
+
+    data = {name: tmp_path / f"{name}.jsonl" for name in ("sft", "rm", "dpo", "ppo_prompts", "test")}
+
+    def rewards(*overrides):
+        cfg = load_demo_config(None, [f"output_dir={tmp_path}", *overrides])
+        return stage_configs(cfg, tmp_path, data)["ppo"].rewards
+
+    default = rewards()  # demo.yaml: the learned RM plus the fidelity rule
+    assert [r.kind for r in default] == ["model", "rule"]
+    assert default[1].function == RULE_FUNCTION and default[1].kwargs == {"combine": "fidelity"}
+    weighted = rewards("ppo_rule={combine: weighted_sum, fidelity_weight: 0.3, weight: 2.0}")
+    assert weighted[1].kwargs == {"combine": "weighted_sum", "fidelity_weight": 0.3} and weighted[1].weight == 2.0
+    assert [r.kind for r in rewards("ppo_rule={combine: none}")] == ["model"]
+    with pytest.raises(ConfigError, match="ppo_rule.combine"):
+        rewards("ppo_rule={combine: max}")
+    with pytest.raises(ConfigError, match="unknown key"):
+        rewards("ppo_rule={combine: product, wieght: 1}")

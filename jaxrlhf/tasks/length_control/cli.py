@@ -13,7 +13,7 @@ def _add_config_args(p) -> None:
 
 SIZES = {
     # a few-minute smoke run of the whole pipeline (the numbers mean little at this size)
-    "smoke": ["data.n_sft=120", "data.n_rm=60", "data.n_test=16", "data.n_ppo_prompts=64",
+    "smoke": ["data.n_sft=120", "data.n_rm=60", "data.n_test=16", "data.n_test_held_out=8", "data.n_ppo_prompts=64",
               "sft.train.epochs=1", "rm.train.epochs=1", "ppo.train.iterations=2",
               "data.n_rm_policy=16", "ppo.train.batch_size=16", "ppo.rollout.max_new_tokens=24", "dpo.train.epochs=1",
               "max_length=192", "max_prompt_length=160"],
@@ -91,7 +91,9 @@ def run_data_length_control(args) -> int:
         args.out, seed=pick(args.seed, demo.seed), source=args.source, n_sft=pick(args.n_sft, d.n_sft),
         n_rm=pick(args.n_rm, d.n_rm), n_test=pick(args.n_test, d.n_test),
         n_ppo_prompts=pick(args.n_ppo_prompts, d.n_ppo_prompts), n_rm_policy=pick(args.n_rm_policy, d.n_rm_policy),
-        paragraph_chars=tuple(pick(args.paragraph_chars, d.paragraph_chars)), sft_noise=pick(args.sft_noise, d.sft_noise))
+        paragraph_chars=tuple(pick(args.paragraph_chars, d.paragraph_chars)), sft_noise=pick(args.sft_noise, d.sft_noise),
+        real_share=d.real_share, n_test_held_out=d.n_test_held_out, rm_unfaithful=d.rm_unfaithful,
+        dpo_unfaithful_share=d.dpo_unfaithful_share)
     for name, path in sorted(files.items()):
         print(f"{name:<12} {path}")
     return 0

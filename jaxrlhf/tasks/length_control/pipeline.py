@@ -16,6 +16,7 @@ folder); a stage whose results.json exists is skipped, one with checkpoints is r
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import json
 import logging
 import time
@@ -23,6 +24,7 @@ from pathlib import Path
 
 from jaxrlhf.config import from_dict, merge_dicts, save_config, to_dict
 from jaxrlhf.sharding import MeshConfig
+from jaxrlhf.tasks.length_control.corpus import embedded_text
 
 log = logging.getLogger(__name__)
 # answers sampled per call for the RM's policy rows: the decode loop runs to the longest answer,
@@ -45,6 +47,10 @@ class DemoDataConfig:
     rm_policy_answers: int
     paragraph_chars: tuple[int, int]  # length range of the embedded paragraphs
     sft_noise: float  # std of the SFT answers' relative length error (their aim at the limit)
+    real_share: float = 0.0  # share of the embedded paragraphs taken from the real reviews
+    n_test_held_out: int = 0  # test rows from the held-out real source (no training file reads it)
+    rm_unfaithful: int = 0  # unfaithful drafts of the right length per RM row, ranked below the faithful
+    dpo_unfaithful_share: float = 0.0  # share of DPO pairs whose rejected answer is an unfaithful draft
 
 
 @dataclasses.dataclass(frozen=True)
@@ -79,6 +85,9 @@ class DemoConfig:
     # how PPO uses the reward model: keys of its {kind: model} reward source other than path and
     # include_eos (which follow the RM stage)
     ppo_reward: dict = dataclasses.field(default_factory=dict)
+    # a rule reward added to PPO's: {combine: none|length|fidelity|product|weighted_sum,
+    # fidelity_weight, weight} (score:length_fidelity_reward; none: the learned RM alone)
+    ppo_rule: dict = dataclasses.field(default_factory=dict)
     dpo: dict = dataclasses.field(default_factory=dict)
     # a pretrained Hugging Face folder (config.json + safetensors + its tokenizer) that SFT starts
     # from, instead of the tiny Llama (``model``) and char tokenizer built from scratch
@@ -127,12 +136,34 @@ def stage_configs(cfg: DemoConfig, out: Path, data: dict[str, Path]) -> dict:
                                          "max_prompt_length": cfg.max_prompt_length},
                   # the RM scores rollouts where it was trained to: with or without the EOS
                   "rewards": [{"kind": "model", "path": str(out / "rm" / "final"),
-                               "include_eos": rm.data.append_eos, **cfg.ppo_reward}]},
+                               "include_eos": rm.data.append_eos, **cfg.ppo_reward}] + ppo_rule_rewards(cfg)},
                  settings(cfg.ppo))
     dpo = merge_dicts({"seed": cfg.seed, "output_dir": str(out / "dpo"), "model": {"path": str(out / "sft" / "final")},
                   "mesh": mesh, "data": {"train_files": [str(data["dpo"])], "max_length": cfg.max_length}}, settings(cfg.dpo))
     return {"sft": from_dict(SFTConfig, sft, "demo sft"), "rm": rm,
             "ppo": from_dict(RLConfig, ppo, "demo ppo"), "dpo": from_dict(DPOConfig, dpo, "demo dpo")}
+
+
+RULE_FUNCTION = "jaxrlhf.tasks.length_control.score:length_fidelity_reward"
+
+
+def ppo_rule_rewards(cfg: DemoConfig) -> list[dict]:
+    """The rule reward source ``ppo_rule`` asks for (none when its combine is none or unset)."""
+    from jaxrlhf.config import ConfigError
+    from jaxrlhf.tasks.length_control.score import COMBINE
+
+    rule = dict(cfg.ppo_rule)
+    combine = rule.pop("combine", "none")
+    weight = rule.pop("weight", 1.0)
+    kwargs = {"combine": combine, **({"fidelity_weight": rule.pop("fidelity_weight")}
+                                     if "fidelity_weight" in rule else {})}
+    if rule:
+        raise ConfigError(f"ppo_rule: unknown key(s) {sorted(rule)}; expected combine, fidelity_weight, weight")
+    if combine == "none":
+        return []
+    if combine not in COMBINE:
+        raise ConfigError(f"ppo_rule.combine: expected none or one of {', '.join(COMBINE)}, got {combine!r}")
+    return [{"kind": "rule", "function": RULE_FUNCTION, "weight": weight, "kwargs": kwargs}]
 
 
 def policy_rm_file(out: Path) -> Path:
@@ -253,13 +284,15 @@ def run_demo(cfg: DemoConfig) -> dict:
         data = timed("data", build_length_control_data, data_dir, seed=cfg.seed,
                      source=list(cfg.source) or None, n_sft=d.n_sft, n_rm=d.n_rm, n_test=d.n_test,
                      n_ppo_prompts=d.n_ppo_prompts, n_rm_policy=d.n_rm_policy, paragraph_chars=tuple(d.paragraph_chars),
-                     sft_noise=d.sft_noise)
+                     sft_noise=d.sft_noise, real_share=d.real_share, n_test_held_out=d.n_test_held_out,
+                     rm_unfaithful=d.rm_unfaithful, dpo_unfaithful_share=d.dpo_unfaithful_share)
     if cfg.pretrained:  # SFT starts from it: no char tokenizer, no model from scratch
         log.info("demo: starting from the pretrained model in %s", cfg.pretrained)
     elif (out / "base" / "model.safetensors").exists():
         log.info("demo: base model already built, kept")
     else:
-        timed("base model", build_base_model, cfg, out, _texts(data))
+        # the vocabulary covers all embedded text, the held-out source's included, not only the data's
+        timed("base model", build_base_model, cfg, out, itertools.chain(_texts(data), embedded_text()))
     configs = stage_configs(cfg, out, data)
     runners = {name: STAGES[name].run for name in ("sft", "rm", "ppo", "dpo")}
     results = {}

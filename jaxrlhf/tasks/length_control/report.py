@@ -1,4 +1,6 @@
-"""The demo's report: the seed-style score table, examples, RM figures, curves, timings."""
+"""The demo's report: the seed-style score table with fidelity, the score per test part
+(in distribution, held-out source), the fidelity per score band, examples, RM figures,
+curves, timings."""
 
 from __future__ import annotations
 
@@ -8,6 +10,7 @@ from pathlib import Path
 LEVELS = ("1.0", "0.9", "0.8", "0.7", "0.6", "0.0")
 NAMES = {"sft": "SFT", "dpo": "DPO", "ppo": "RLHF (PPO + learned RM)"}
 SEED = {"sft": 0.633, "dpo": 0.749, "ppo": 0.824}
+PARTS = {"in_distribution": "in distribution", "held_out": "held-out source"}
 
 
 def _metrics(path: Path, split: str) -> list[dict]:
@@ -44,18 +47,62 @@ def _cell(text: str, limit: int = 60) -> str:
     return text if len(text) <= limit else text[:limit] + "…"
 
 
-def write_report(out: Path, *, evals: dict, results: dict, timings: dict) -> Path:
-    out = Path(out)
-    lines = ["# Length-controlled summarisation: SFT vs DPO vs RLHF", ""]
+def _num(value) -> str:
+    return "-" if value is None else f"{value:.3f}"
+
+
+def _score_tables(evals: dict) -> list[str]:
+    """The seed-style table (mean score, mean fidelity, answers per score level), the per-part
+    table when the test split has parts, and the mean fidelity per score band."""
     n = evals["sft"]["rows"]
-    lines += [f"Mean length score on the test split ({n} prompts, greedy decoding), with the number of "
-              "answers at each score level:", "",
-              "| model | mean score | " + " | ".join(LEVELS) + " | seed's result |",
-              "|---|---|" + "---|" * len(LEVELS) + "---|"]
+    lines = [f"Mean length score and fidelity on the test split ({n} prompts, greedy decoding), with the "
+             "number of answers at each score level. Fidelity: the share of an answer's character bigrams "
+             "found in its source paragraph (1 = copied from it, 0 = none of it):", "",
+             "| model | mean score | mean fidelity | " + " | ".join(LEVELS) + " | seed's result |",
+             "|---|---|---|" + "---|" * len(LEVELS) + "---|"]
     for key in ("sft", "dpo", "ppo"):
         e = evals[key]
         dist = " | ".join(str(e["distribution"].get(level, 0)) for level in LEVELS)
-        lines.append(f"| {NAMES[key]} | **{e['mean_score']:.3f}** | {dist} | {SEED[key]:.3f} |")
+        lines.append(f"| {NAMES[key]} | **{e['mean_score']:.3f}** | {_num(e.get('mean_fidelity'))} | {dist} | "
+                     f"{SEED[key]:.3f} |")
+    parts = list(evals["sft"].get("parts", {}))
+    if parts:
+        counts = ", ".join(f"{PARTS.get(p, p)} {evals['sft']['parts'][p]['rows']}" for p in parts)
+        lines += ["", f"By part of the test split ({counts} prompts; the held-out source is text no "
+                      "training file drew from):", "",
+                  "| model | " + " | ".join(f"{PARTS.get(p, p)} score | {PARTS.get(p, p)} fidelity" for p in parts)
+                  + " |", "|---|" + "---|---|" * len(parts)]
+        for key in ("sft", "dpo", "ppo"):
+            cells = " | ".join(f"**{_num(evals[key]['parts'][p]['mean_score'])}** | "
+                               f"{_num(evals[key]['parts'][p]['mean_fidelity'])}" for p in parts)
+            lines.append(f"| {NAMES[key]} | {cells} |")
+    if "fidelity_by_level" in evals["sft"]:
+        lines += ["", "Mean fidelity of the answers in each score band (all test rows; - where none):", "",
+                  "| model | " + " | ".join(LEVELS) + " |", "|---|" + "---|" * len(LEVELS)]
+        for key in ("sft", "dpo", "ppo"):
+            band = evals[key].get("fidelity_by_level", {})
+            lines.append(f"| {NAMES[key]} | " + " | ".join(_num(band.get(level)) for level in LEVELS) + " |")
+    return lines
+
+
+def _example_rows(rows: list[dict], n: int = 8) -> list[int]:
+    """Indices of ``n`` examples: the first rows of each part in turn (all in-distribution rows
+    come first in the test file, so the held-out ones would never show)."""
+    by_part: dict = {}
+    for i, row in enumerate(rows):
+        by_part.setdefault(row.get("part"), []).append(i)
+    picked: list[int] = []
+    while len(picked) < min(n, len(rows)):
+        for indices in by_part.values():
+            if indices and len(picked) < n:
+                picked.append(indices.pop(0))
+    return picked
+
+
+def write_report(out: Path, *, evals: dict, results: dict, timings: dict) -> Path:
+    out = Path(out)
+    lines = ["# Length-controlled summarisation: SFT vs DPO vs RLHF", ""]
+    lines += _score_tables(evals)
     rm_eval = (results.get("rm") or {}).get("eval", {})
     rm_train = _metrics(out / "rm" / "metrics.jsonl", "train")
     sft_eval = (results.get("sft") or {}).get("eval", {})
@@ -70,15 +117,16 @@ def write_report(out: Path, *, evals: dict, results: dict, timings: dict) -> Pat
     predictions = {k: [json.loads(l) for l in (out / "eval" / f"{k}.jsonl").read_text(encoding="utf-8").splitlines()]
                    for k in ("sft", "dpo", "ppo") if (out / "eval" / f"{k}.jsonl").exists()}
     if predictions:
-        lines += ["## Examples", "", "| prompt | limit | SFT | DPO | RLHF |", "|---|---|---|---|---|"]
-        for i in range(min(8, len(predictions.get("sft", [])))):
+        lines += ["## Examples", "", "| part | prompt | limit | SFT | DPO | RLHF |", "|---|---|---|---|---|---|"]
+        for i in _example_rows(predictions.get("sft", [])):
             row = predictions["sft"][i]
             answers = []
             for key in ("sft", "dpo", "ppo"):
                 p = predictions.get(key, [{}] * (i + 1))[i]
                 answers.append(f"{_cell(p.get('response', ''), 40)} ({p.get('chars', '?')} chars, "
-                               f"score {p.get('score')})")
-            lines.append(f"| {_cell(row['prompt'])} | {row.get('limit')} | " + " | ".join(answers) + " |")
+                               f"score {p.get('score')}, fidelity {p.get('fidelity')})")
+            part = PARTS.get(row.get("part"), row.get("part") or "")
+            lines.append(f"| {part} | {_cell(row['prompt'])} | {row.get('limit')} | " + " | ".join(answers) + " |")
         lines.append("")
 
     curves = []
