@@ -24,6 +24,7 @@ def test_recipe_gives_every_stage_lora_on_a_bf16_base_and_sft_the_pretrained_fol
         model = stage.model
         assert (model.dtype, model.param_dtype) == ("bfloat16", "bfloat16"), name
         assert model.lora is not None and model.lora.rank == 16 and model.lora.all_linear, name
+        assert model.logits == "chunked", name  # Gemma's 262k vocabulary
         if name != "sft":  # RM, DPO and PPO start from the merged SFT model
             assert model.path == str(tmp_path / "sft" / "final"), name
     # the reference of DPO and PPO is their own base with the adapters at zero: no second model
