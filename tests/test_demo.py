@@ -29,7 +29,7 @@ def test_demo_smoke_runs_every_stage_and_resumes(tmp_path, capsys):
     report = (out / "report.md").read_text()
     for needle in ("| SFT |", "| DPO |", "| RLHF (PPO + learned RM) |", "Reward model", "## Examples",
                    "mean fidelity", "held-out source score", "Mean fidelity of the answers in each score band",
-                   "| held-out source |", "sft_loss.png", "rm_loss.png", "ppo/ppo_kl.png"):
+                   "| held-out source |", "By limit band", "sft_loss.png", "rm_loss.png", "ppo/ppo_kl.png"):
         assert needle in report, needle
     assert (out / "sft_loss.png").stat().st_size > 1000
 

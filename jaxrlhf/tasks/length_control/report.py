@@ -85,6 +85,28 @@ def _score_tables(evals: dict) -> list[str]:
     return lines
 
 
+LIMIT_BANDS = ((5, 12), (13, 25), (26, 45), (46, 65), (66, 80))
+
+
+def _limit_band_table(predictions: dict[str, list[dict]]) -> list[str]:
+    """Mean score / mean fidelity (median length / limit) of each model's answers per limit band:
+    where the limit is short, one character is 10-20% of it."""
+    lines = ["By limit band: mean score / mean fidelity (median length / limit):", "",
+             "| model | " + " | ".join(f"{lo}-{hi}" for lo, hi in LIMIT_BANDS) + " |", "|---|" + "---|" * len(LIMIT_BANDS)]
+    for key in ("sft", "dpo", "ppo"):
+        cells = []
+        for lo, hi in LIMIT_BANDS:
+            rows = [r for r in predictions.get(key, []) if r.get("score") is not None and lo <= r["limit"] <= hi]
+            if not rows:
+                cells.append("-")
+                continue
+            ratio = sorted(r["chars"] / r["limit"] for r in rows)[len(rows) // 2]
+            cells.append(f"{sum(r['score'] for r in rows) / len(rows):.2f} / "
+                         f"{sum(r.get('fidelity', 0.0) for r in rows) / len(rows):.2f} (x{ratio:.2f})")
+        lines.append(f"| {NAMES[key]} | " + " | ".join(cells) + " |")
+    return lines + [""]
+
+
 def _example_rows(rows: list[dict], n: int = 8) -> list[int]:
     """Indices of ``n`` examples: the first rows of each part in turn (all in-distribution rows
     come first in the test file, so the held-out ones would never show)."""
@@ -107,7 +129,7 @@ def write_report(out: Path, *, evals: dict, results: dict, timings: dict) -> Pat
     rm_train = _metrics(out / "rm" / "metrics.jsonl", "train")
     sft_eval = (results.get("sft") or {}).get("eval", {})
     nan = float("nan")
-    rm_sentence = ("Reward model (4 ranked answers per prompt, K-wise ranking loss): "
+    rm_sentence = ("Reward model (ranked drafts per prompt, K-wise ranking loss): "
                    + (f"train loss {rm_train[-1]['loss']:.4f}, " if rm_train else "")
                    + f"eval loss {rm_eval.get('loss', nan):.4f}, eval pairwise accuracy "
                    f"{rm_eval.get('pair_accuracy', nan):.3f}, top-1 accuracy {rm_eval.get('top1_accuracy', nan):.3f}. "
@@ -117,6 +139,7 @@ def write_report(out: Path, *, evals: dict, results: dict, timings: dict) -> Pat
     predictions = {k: [json.loads(l) for l in (out / "eval" / f"{k}.jsonl").read_text(encoding="utf-8").splitlines()]
                    for k in ("sft", "dpo", "ppo") if (out / "eval" / f"{k}.jsonl").exists()}
     if predictions:
+        lines += _limit_band_table(predictions)
         lines += ["## Examples", "", "| part | prompt | limit | SFT | DPO | RLHF |", "|---|---|---|---|---|---|"]
         for i in _example_rows(predictions.get("sft", [])):
             row = predictions["sft"][i]
