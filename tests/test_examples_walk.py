@@ -40,14 +40,25 @@ def test_walk_script_runs_the_readme_commands_in_order():
         assert f"jaxrlhf export runs/{run} " in commands
 
 
-def test_example_configs_chain():
-    """Each example reads what the one before it writes."""
+def example_configs() -> dict[str, dict]:
     import yaml
-    configs = {s: yaml.safe_load((ROOT / "configs" / s / "example.yaml").read_text()) for s in ("sft", "rm", "dpo", "ppo")}
+    return {s: yaml.safe_load((ROOT / "configs" / s / "example.yaml").read_text()) for s in ("sft", "rm", "dpo", "ppo")}
+
+
+def test_example_configs_chain():
+    """Each example reads what the one before it writes (defect 1: the SFT example read
+    PATH/TO/HF_FOLDER)."""
+    import yaml
+    configs = example_configs()
     init = yaml.safe_load((ROOT / "configs" / "init" / "llama-tiny.yaml").read_text())
     assert configs["sft"]["model"]["path"] == init["output_dir"]
     assert configs["rm"]["model"]["path"] == configs["dpo"]["model"]["path"] == configs["ppo"]["model"]["path"] \
         == configs["sft"]["output_dir"] + "/final"
+
+
+def test_ppo_example_reads_the_reward_model_the_rm_example_writes():
+    """Defect 2: configs/ppo/example.yaml read runs/rm/final, the RM example wrote runs/rm-example."""
+    configs = example_configs()
     reward_models = [r["path"] for r in configs["ppo"]["rewards"] if r["kind"] == "model"]
     assert reward_models == [configs["rm"]["output_dir"] + "/final"]
 

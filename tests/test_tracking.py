@@ -44,13 +44,18 @@ def test_metrics_log_tensorboard_tags_and_jsonl(tmp_path, monkeypatch):
     key = f"reward_model_{tmp_path}/runs/rm"
     log = MetricsLog(tmp_path / "run")  # the folder alone still works
     log.write(3, {"loss": 0.5, key: 1.25}, "ppo")
-    log.write_text(3, "ppo/samples", "prompt -> answer")
     log.close()
     assert tensorboard_tags(tmp_path / "run" / "tensorboard") == {
-        "ppo/loss": [(3, 0.5)], "ppo/reward_model_runs_rm": [(3, 1.25)],
-        "ppo/samples/text_summary": [(3, "prompt -> answer")]}
+        "ppo/loss": [(3, 0.5)], "ppo/reward_model_runs_rm": [(3, 1.25)]}
     # metrics.jsonl keeps the metrics' own names: it is the exact record
     assert key in (tmp_path / "run" / "metrics.jsonl").read_text()
+
+
+def test_metrics_log_writes_text_to_tensorboard(tmp_path):
+    log = MetricsLog(tmp_path / "run")
+    log.write_text(3, "ppo/samples", "prompt -> answer")
+    log.close()
+    assert tensorboard_tags(tmp_path / "run" / "tensorboard") == {"ppo/samples/text_summary": [(3, "prompt -> answer")]}
 
 
 def test_no_tensorboard(tmp_path):
