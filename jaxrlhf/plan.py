@@ -163,3 +163,25 @@ def format_plan(plans: list[MemoryPlan]) -> str:
         lines.append(f"{p.name:<46} {p.argument_bytes / gib:>9.3f} {p.temp_bytes / gib:>9.3f} "
                      f"{p.peak_bytes / gib:>9.3f}  {fits}")
     return "\n".join(lines)
+
+
+def fit_hint(plans: list[MemoryPlan], *, logits: str, mesh_shape) -> str | None:
+    """One line on what to change when a program fits none of the listed chips' smallest memory
+    (16 GiB), or None. ``logits``: the --logits the plan used; ``mesh_shape``: its mesh axes."""
+    smallest = min(CHIPS.values())
+    over = [p for p in plans if p.peak_bytes > smallest]
+    if not over:
+        return None
+    worst = max(over, key=lambda p: p.peak_bytes)
+    gib = 2**30
+    levers = []
+    if worst.argument_bytes > smallest:
+        levers.append("more devices on fsdp (the arguments alone exceed it)")
+    if logits == "full":
+        levers.append("--logits chunked (model.logits: chunked; no whole [B, T, vocab] float32 logits)")
+    if mesh_shape.get("tensor", 1) == 1:
+        levers.append("a tensor axis (--mesh fsdp=..,tensor=N: weights used sharded, not gathered whole per layer)")
+    levers.append("fewer prompts per step (--batch) or shorter --prompt/--new-tokens")
+    return (f"hint: {worst.name} needs {worst.peak_bytes / gib:.1f} GiB per device, over {smallest / gib:.0f} GiB "
+            f"({worst.argument_bytes / gib:.1f} GiB arguments, {worst.temp_bytes / gib:.1f} GiB temporaries); "
+            f"try {'; '.join(levers)}")

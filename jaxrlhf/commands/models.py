@@ -323,7 +323,7 @@ def run_plan(args) -> int:
 
     from jaxrlhf.config import ConfigError, read_yaml
     from jaxrlhf.models import config_from_hf
-    from jaxrlhf.plan import format_plan, plan_ppo_iteration, plan_rm_step
+    from jaxrlhf.plan import fit_hint, format_plan, plan_ppo_iteration, plan_rm_step
 
     path = Path(args.config)
     hf = json_.loads(path.read_text()) if path.suffix == ".json" else read_yaml(path)
@@ -356,6 +356,9 @@ def run_plan(args) -> int:
                                             param_dtype=args.lora_base_dtype, lora=lora, logits=logits,
                                             **common))
     print(format_plan(plans))
+    hint = fit_hint(plans, logits=args.logits, mesh_shape=dict(mesh.shape))
+    if hint:
+        print(hint)
     return 0
 
 
