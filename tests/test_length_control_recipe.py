@@ -45,7 +45,7 @@ def test_recipe_without_its_model_folder_is_a_one_line_error(tmp_path, capsys):
     assert not (tmp_path / "run").exists()  # refused before any data or stage ran
 
 
-def build_bpe_tokenizer(texts: list[str], folder: Path, vocab_size: int = 2000):
+def build_bpe_tokenizer(texts: list[str], folder: Path, vocab_size: int = 6000):
     """A Gemma-like tokenizer (pad 0, eos 1, bos 2, unk 3, BOS prepended) whose BPE merges are
     learned on ``texts``, with byte fallback so every string encodes: several characters per
     token where the data repeats them, as a real subword tokenizer spends them."""
@@ -85,14 +85,17 @@ def data_texts(folder: Path) -> list[str]:
 @pytest.fixture(scope="module")
 def pretrained(tmp_path_factory):
     """A tiny random Gemma 3 text model + its BPE tokenizer as one HF folder (the stand-in
-    for the converted 270M), the tokenizer learned on the task's own data."""
+    for the converted 270M), the tokenizer learned on the task's own data and embedded text
+    (vocab_size above the ~3300 distinct characters, so that merges are learned)."""
     from hf_models import build_hf_model, tiny_gemma3_config
+
+    from jaxrlhf.tasks.length_control.corpus import embedded_text
 
     data = tmp_path_factory.mktemp("lc-data")
     assert main(["data", "length-control", "--out", str(data), "--n-sft", "200", "--n-rm", "40",
                  "--n-test", "16", "--n-ppo-prompts", "40"]) == 0
     folder = tmp_path_factory.mktemp("tiny-gemma3")
-    tokenizer = build_bpe_tokenizer(data_texts(data), folder)
+    tokenizer = build_bpe_tokenizer(data_texts(data) + list(embedded_text()), folder)
     build_hf_model(tiny_gemma3_config(vocab_size=len(tokenizer), max_position_embeddings=512,
                                       pad_token_id=0, eos_token_id=1, bos_token_id=2), folder)
     return folder, tokenizer
@@ -107,8 +110,9 @@ def test_recipe_smoke_runs_every_stage_from_the_pretrained_folder(pretrained, tm
                  "--set", f"pretrained={folder}"]) == 0
     assert "demo finished" in capsys.readouterr().out
     assert not (out / "base").exists()  # no char tokenizer, no model from scratch
-    prompt = json.loads((out / "data" / "test.jsonl").read_text(encoding="utf-8").splitlines()[0])["prompt"]
-    assert len(tokenizer(prompt, add_special_tokens=False)["input_ids"]) < len(prompt) / 2  # subwords, not chars
+    prompts = [json.loads(line)["prompt"] for line in (out / "data" / "test.jsonl").read_text(encoding="utf-8").splitlines()]
+    tokens = sum(len(ids) for ids in tokenizer(prompts, add_special_tokens=False)["input_ids"])
+    assert tokens < 0.8 * sum(map(len, prompts))  # subwords: fewer tokens than characters
     for stage in ("sft", "rm", "ppo", "dpo"):
         assert (out / stage / "results.json").exists(), stage
         assert (out / stage / "final" / "adapter" / "adapter_model.safetensors").exists(), stage
@@ -122,9 +126,9 @@ def test_recipe_smoke_runs_every_stage_from_the_pretrained_folder(pretrained, tm
     for model in ("sft", "dpo", "ppo"):
         summary = json.loads((out / "eval" / f"{model}.json").read_text())
         scores[model] = summary["mean_score"]
-        assert summary["scored_rows"] == 16 and math.isfinite(summary["mean_score"]), model
+        assert summary["scored_rows"] == len(prompts) and math.isfinite(summary["mean_score"]), model
         rows = [json.loads(l) for l in (out / "eval" / f"{model}.jsonl").read_text().splitlines()]
-        assert len(rows) == 16 and all(isinstance(r["response"], str) for r in rows)
+        assert len(rows) == len(prompts) and all(isinstance(r["response"], str) for r in rows)
     report = (out / "report.md").read_text()
     for needle in ("| SFT |", "| DPO |", "| RLHF (PPO + learned RM) |", "Reward model"):
         assert needle in report, needle
