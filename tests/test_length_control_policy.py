@@ -63,7 +63,8 @@ def test_rank_policy_answers_ranks_by_closeness_and_counts_what_it_drops(tmp_pat
     file.write_text("".join(json.dumps({"prompt": f"p{g}", "limit": n, "group": g, "response": a},
                                        ensure_ascii=False) + "\n" for g, n, a in samples), encoding="utf-8")
     counts = rank_policy_answers(file, tmp_path / "rm.jsonl")
-    assert counts == {"prompts": 3, "answers": 9, "empty": 1, "repeated": 2, "rows": 1, "prompts_without_pair": 2}
+    assert counts == {"prompts": 3, "answers": 9, "empty": 1, "repeated": 2, "unfaithful": 0, "rows": 1,
+                      "prompts_without_pair": 2}
     [row] = read(tmp_path / "rm.jsonl")
     assert row["prompt"] == "p1"
     assert [r[0] for r in row["response"]] == ["一二三四五六七八九十", "一二三四五六七八九十一二", "一二三"]
@@ -91,3 +92,26 @@ def test_demo_reward_model_trains_on_both_files(tmp_path):
     rank_policy_answers(tmp_path / "s.jsonl", tmp_path / "r.jsonl")
     examples, _ = load_preference_data([str(tmp_path / "r.jsonl")], strict=True)
     assert [e.responses for e in examples] == [("甲乙丙丁", "甲")]
+
+
+def test_policy_answers_not_from_their_source_rank_below_faithful_ones(tmp_path):
+    from jaxrlhf.tasks.length_control.data import UNFAITHFUL_PENALTY
+    from jaxrlhf.tasks.length_control.score import fidelity
+
+    source = "洛阳北部新区阳光社区将于五月三日举办便民义诊，欢迎居民朋友参加。"
+    prompts = tmp_path / "p.jsonl"
+    prompts.write_text(json.dumps({"prompt": "用10个字概括：" + source, "limit": 10, "source": source},
+                                  ensure_ascii=False) + "\n", encoding="utf-8")
+    rows = read(policy_prompts_file(prompts, tmp_path / "out.jsonl", 3))
+    assert all(r["source"] == source for r in rows)  # carried to the sampler's output rows
+    answers = ["南京滨江新区阳光社区", "洛阳北部新区阳光社", "洛阳北部新区阳光社区将于五月"]
+    samples = tmp_path / "samples.jsonl"
+    samples.write_text("".join(json.dumps({**r, "response": a}, ensure_ascii=False) + "\n"
+                               for r, a in zip(rows, answers)), encoding="utf-8")
+    counts = rank_policy_answers(samples, tmp_path / "rm.jsonl")
+    [row] = read(tmp_path / "rm.jsonl")
+    # the exact-length answer is half made up: it ranks last, below the faithful ones of the wrong length
+    assert fidelity(answers[0], source) < 0.6 and counts["unfaithful"] == 1
+    assert [r[0] for r in row["response"]] == [answers[1], answers[2], answers[0]]
+    assert row["score"] == [closeness(answers[1], 10), closeness(answers[2], 10),
+                            round(closeness(answers[0], 10) - UNFAITHFUL_PENALTY, 4)]

@@ -8,6 +8,9 @@ the limit in their own way. :func:`policy_prompts_file` lists each prompt
 ``answers_per_prompt`` times for ``jaxrlhf generate`` (the ordinary sampler);
 :func:`rank_policy_answers` groups the samples by prompt and ranks them by closeness to the
 limit, in the RM's ranked format (``{"prompt", "response": [[a], ...], "score": [...]}``).
+When the prompt rows carry their ``source`` paragraph (the builder's do), an answer whose
+:func:`~jaxrlhf.tasks.length_control.score.fidelity` to it is below FAITHFUL_MIN ranks below
+every faithful one, as the builder's unfaithful drafts do (:func:`.data.rm_row`).
 """
 
 from __future__ import annotations
@@ -17,9 +20,13 @@ import os
 from pathlib import Path
 
 from jaxrlhf.data import DataError
-from jaxrlhf.tasks.length_control.data import closeness
+from jaxrlhf.tasks.length_control.data import UNFAITHFUL_PENALTY, closeness
 from jaxrlhf.tasks.length_control.evaluate import iter_jsonl
-from jaxrlhf.tasks.length_control.score import count_chars, row_limit
+from jaxrlhf.tasks.length_control.score import count_chars, fidelity, row_limit
+
+# an answer sharing fewer of its bigrams with the source than this is ranked as unfaithful:
+# between an extract's (joins and the closing 。 aside, all of them) and text from elsewhere's
+FAITHFUL_MIN = 0.6
 
 
 def policy_prompts_file(prompts_file: str | os.PathLike, out_file: str | os.PathLike,
@@ -37,7 +44,9 @@ def policy_prompts_file(prompts_file: str | os.PathLike, out_file: str | os.Path
             limit = row_limit(row["prompt"], row)
             if limit is None:
                 raise DataError(f"{src}:{line_no}: field 'prompt': no length limit in the prompt and no 'limit'")
-            record = json.dumps({"prompt": row["prompt"], "limit": limit, "group": line_no}, ensure_ascii=False)
+            source = {"source": row["source"]} if isinstance(row.get("source"), str) else {}
+            record = json.dumps({"prompt": row["prompt"], "limit": limit, "group": line_no, **source},
+                                ensure_ascii=False)
             f.write((record + "\n") * answers_per_prompt)
     return out
 
@@ -46,7 +55,9 @@ def rank_policy_answers(samples_file: str | os.PathLike, out_file: str | os.Path
     """Rank each prompt's sampled answers (``generate_file`` output of
     :func:`policy_prompts_file`) by :func:`closeness` and write the RM rows.
 
-    Empty answers and repeats of an earlier answer to the same prompt are dropped; a prompt
+    With a ``source`` in the rows, answers below FAITHFUL_MIN fidelity score closeness -
+    UNFAITHFUL_PENALTY (counted as unfaithful). Empty answers and repeats of an earlier answer
+    to the same prompt are dropped; a prompt
     left with fewer than two answers, or with answers all equally close, teaches no pair and
     is dropped. All of it is counted in the returned dict."""
     groups: dict[int, dict] = {}
@@ -56,9 +67,10 @@ def rank_policy_answers(samples_file: str | os.PathLike, out_file: str | os.Path
         if missing:
             raise DataError(f"{src}:{line_no}: missing field {missing[0]!r} (a generate_file output of "
                             f"policy_prompts_file rows has group, prompt, limit and response)")
-        group = groups.setdefault(row["group"], {"prompt": row["prompt"], "limit": row["limit"], "answers": []})
+        group = groups.setdefault(row["group"], {"prompt": row["prompt"], "limit": row["limit"], "answers": [],
+                                                 "source": row.get("source")})
         group["answers"].append(row["response"])
-    counts = {"prompts": len(groups), "answers": 0, "empty": 0, "repeated": 0, "rows": 0,
+    counts = {"prompts": len(groups), "answers": 0, "empty": 0, "repeated": 0, "unfaithful": 0, "rows": 0,
               "prompts_without_pair": 0}
     with Path(out_file).open("w", encoding="utf-8") as f:
         for group in groups.values():
@@ -72,6 +84,10 @@ def rank_policy_answers(samples_file: str | os.PathLike, out_file: str | os.Path
                 else:
                     answers.append(answer)
             scores = [closeness(a, group["limit"]) for a in answers]
+            if isinstance(group["source"], str):
+                unfaithful = [fidelity(a, group["source"]) < FAITHFUL_MIN for a in answers]
+                counts["unfaithful"] += sum(unfaithful)
+                scores = [round(s - UNFAITHFUL_PENALTY, 4) if bad else s for s, bad in zip(scores, unfaithful)]
             if len(set(scores)) < 2:
                 counts["prompts_without_pair"] += 1
                 continue
