@@ -60,9 +60,11 @@ def add_data(sub) -> None:
     tasks = p.add_subparsers(dest="task", metavar="TASK", required=True)
     lc = tasks.add_parser(
         "length-control", help="length-controlled summarisation data",
-        description="Write sft.jsonl, rm.jsonl (4 ranked answers per prompt), dpo.jsonl, "
-                    "ppo_prompts.jsonl and test.jsonl for the length-control task, deterministically "
-                    "from the seed, from the embedded source text or --source files.")
+        description="Write sft.jsonl, rm.jsonl (4 faithful drafts per prompt ranked by closeness to the "
+                    "limit, and with the demo's settings an unfaithful one of the right length ranked last), "
+                    "dpo.jsonl, ppo_prompts.jsonl and test.jsonl (in-distribution rows and rows from the "
+                    "held-out real source) for the length-control task, deterministically from the seed, "
+                    "from the embedded text (generated notices and real reviews) or --source files.")
     lc.add_argument("--out", required=True, metavar="DIR")
     lc.add_argument("--source", nargs="+", metavar="FILE")
     lc.add_argument("--seed", type=int, default=None, help="default: the demo's (demo.yaml)")
