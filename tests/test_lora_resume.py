@@ -64,6 +64,7 @@ def test_lora_checkpoint_leaves_the_base_out_and_resume_is_exact(model_dir, tmp_
     assert_same_files(tmp_path / "split" / "final" / "model.safetensors", tmp_path / "exported" / "model.safetensors")
 
 
+@pytest.mark.slow
 def test_lora_resume_on_other_base_weights_is_refused(model_dir, tmp_path, capsys):
     base = tmp_path / "base"
     shutil.copytree(model_dir, base)
