@@ -1,6 +1,7 @@
-"""LoRA through every stage: SFT, RM (adapters + score head), DPO and PPO learn at the bars of the
-full fine-tuning tests; DPO and PPO hold one copy of the base (counted on the live arrays); the
-export holds the merged model and a PEFT adapter; PPO continues from an SFT adapter."""
+"""LoRA through every stage: SFT, RM (adapters + score head) and PPO learn at the bars of the full
+fine-tuning tests, DPO at a stated one (see its test); DPO and PPO hold one copy of the base
+(counted on the live arrays); the export holds the merged model and a PEFT adapter; PPO continues
+from an SFT adapter."""
 
 import gc
 import json
@@ -58,7 +59,7 @@ def base_copies_at_fit(monkeypatch, folder, key="model.embed_tokens.weight"):
     return seen
 
 
-def dpo_config(tmp_path, model, name, lora: str | None, steps: int | None = None):
+def dpo_config(tmp_path, model, name, lora: str | None, steps: int | None = None, lr: float = 2.0e-3):
     write_jsonl(copy_pairs(300, seed=2), tmp_path / "pairs.jsonl")
     write_jsonl(copy_pairs(60, seed=3), tmp_path / "held_out.jsonl")
     return stage_yaml(tmp_path, name, f"""
@@ -66,7 +67,7 @@ output_dir: {tmp_path / name}
 model: {{path: {model}{', lora: ' + lora if lora else ''}}}
 mesh: {{data: 1, fsdp: 1, tensor: 1}}
 data: {{train_files: [{tmp_path / 'pairs.jsonl'}], eval_files: [{tmp_path / 'held_out.jsonl'}], max_length: 24}}
-train: {{epochs: 6, batch_size: 8, log_every: 10, {f'max_steps: {steps}, ' if steps else ''}optim: {{learning_rate: 2.0e-3}}}}
+train: {{epochs: 6, batch_size: 8, log_every: 10, {f'max_steps: {steps}, ' if steps else ''}optim: {{learning_rate: {lr}}}}}
 loss: {{beta: 0.5}}
 """)
 
@@ -176,3 +177,44 @@ def test_lora_ppo_learns_resumes_and_continues_from_an_sft_adapter(model_dir, pr
     more = json.loads((tmp_path / "more" / "results.json").read_text())["history"]
     assert np.mean([h["score"] for h in more]) >= 0.75, [h["score"] for h in more]
     assert more[0]["kl"] < 1e-3  # the reference is the adapter it started from
+
+
+@pytest.fixture(scope="module")
+def sft_from_scratch(model_dir, tmp_path_factory):
+    """The SFT model of tests/test_sft_dpo.py's DPO learning test (full SFT from scratch, same
+    config): the base the LoRA DPO test starts from, as the full DPO test does."""
+    root = tmp_path_factory.mktemp("lora-dpo")
+    arch = root / "arch.yaml"
+    arch.write_text(json.dumps({"model_type": "llama", "vocab_size": len(char_tokenizer()),
+                                "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2,
+                                "num_attention_heads": 4, "num_key_value_heads": 2,
+                                "max_position_embeddings": 64, "tie_word_embeddings": True,
+                                "pad_token_id": 0, "bos_token_id": 1, "eos_token_id": 2}))
+    write_jsonl(copy_rows(4000, seed=1), root / "sft.jsonl")
+    sft = stage_yaml(root, "sft", f"""
+output_dir: {root / 'sft'}
+tokenizer: {model_dir}
+model: {{arch: {arch}}}
+mesh: {{data: 1, fsdp: 1, tensor: 1}}
+data: {{train_files: [{root / 'sft.jsonl'}], eval_fraction: 0.1, max_length: 24, packing: true}}
+train: {{epochs: 5, batch_size: 16, eval_every: 200, log_every: 20, optim: {{learning_rate: 5.0e-3, warmup_steps: 20}}}}
+""")
+    assert main(["sft", "--config", sft]) == 0
+    return root / "sft" / "final"
+
+
+@pytest.mark.slow
+def test_lora_dpo_prefers_chosen_on_held_out_pairs(sft_from_scratch, tmp_path):
+    """tests/test_sft_dpo.py's DPO learning run (same SFT model, pairs, beta and epochs) with rank-8
+    adapters on every projection at a quarter of its learning rate (5e-4). The bar is held-out reward
+    accuracy >= 0.8, not full DPO's 0.9: on this 300-pair task every run fits its training pairs
+    (train accuracy 1.0) and full DPO ends at 0.917 held out, LoRA at 0.867 (5e-4; 0.917 at a third
+    of the run), 0.77-0.80 at full DPO's 2e-3 (ranks 2 and 8, attention-only or all-linear) and
+    0.27 at 2e-2; curves in experiments/NOTES.md ("Issue 33: LoRA"). 0.8 is 48 of 60 pairs."""
+    cfg = dpo_config(tmp_path, sft_from_scratch, "lora", LORA, lr=5.0e-4)
+    assert main(["dpo", "--config", cfg]) == 0
+    results = json.loads((tmp_path / "lora" / "results.json").read_text())
+    assert results["eval"]["reward_accuracy"] >= 0.8, results["eval"]
+    train = [r for r in map(json.loads, (tmp_path / "lora" / "metrics.jsonl").read_text().splitlines())
+             if r["split"] == "train"]
+    assert train[-1]["reward_accuracy"] >= 0.95, train[-1]  # it fits the training pairs, as full DPO does
