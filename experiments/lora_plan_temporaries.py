@@ -5,8 +5,8 @@ Compiles plan_ppo_iteration (LoRA rank 16, all-linear, bf16 frozen bases, remat,
 layer-free intercept of the temporaries), full vs chunked logits, fsdp=8 vs tensor=8, on 8 fake CPU
 devices, and lists the largest buffers of each compiled program (from its HLO text).
 
-    python experiments/lora_plan_temporaries.py LAYERS:MESH:LOGITS ...
-    e.g. 1:fsdp=8:chunked 2:fsdp=8:full 1:tensor=8:chunked
+    python experiments/lora_plan_temporaries.py LAYERS:MESH:LOGITS[:PROMPTS] ...
+    e.g. 1:fsdp=8:chunked 2:fsdp=8:full 1:tensor=8:chunked 2:tensor=8:chunked:2 (PROMPTS: 8)
 """
 
 import os
@@ -61,13 +61,14 @@ def main(cases):
     plan_module._memory = lambda name, compiled, arguments: (compiled_programs.append(compiled),
                                                              memory(name, compiled, arguments))[1]
     for case in cases:
-        n_layers, mesh_text, logits = case.split(":")
+        n_layers, mesh_text, logits, *prompts = case.split(":")
+        batch = int(prompts[0]) if prompts else 8
         mesh = make_mesh(MeshConfig.parse(MESHES[mesh_text]), devices=jax.devices()[:8])
         arch = config_from_hf(dict(hf, num_hidden_layers=int(n_layers)), strict=True, source="llama3-8b")
         t = time.time()
-        plan = plan_ppo_iteration(arch, mesh, batch=8, prompt=512, new_tokens=512,
+        plan = plan_ppo_iteration(arch, mesh, batch=batch, prompt=512, new_tokens=512,
                                   param_dtype="bfloat16", lora=lora, logits=(logits, 512))
-        print(f"layers {n_layers} mesh {dict(mesh.shape)} logits {logits}: args {plan.argument_bytes / GIB:.3f} GiB "
+        print(f"layers {n_layers} mesh {dict(mesh.shape)} logits {logits} prompts {batch}: args {plan.argument_bytes / GIB:.3f} GiB "
               f"temp {plan.temp_bytes / GIB:.3f} GiB peak {plan.peak_bytes / GIB:.3f} GiB "
               f"(compiled in {time.time() - t:.0f} s)", flush=True)
         for size, shape, op in largest_buffers(compiled_programs[-1]):
