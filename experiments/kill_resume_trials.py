@@ -277,8 +277,8 @@ def reference_run(stage: str, config: Path, work: Path) -> tuple[Path, float, fl
 
 def saves_of(reference: Path) -> int:
     """How many checkpoint saves the reference made before its last step."""
-    steps = [r["step"] for r in metric_rows(reference) if r.get("split") == "train"]
-    return max(steps) // 2 - 1  # save_every 2; the final save is at the last step
+    last = max(r["step"] for r in metric_rows(reference))  # train rows ("ppo" in RL) and eval rows
+    return last // 2 - 1  # save_every 2; the final save is at the last step
 
 
 def kill_and_resume(trial: int, stage: str, mode: str, config: Path, work: Path,
