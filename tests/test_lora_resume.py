@@ -96,3 +96,8 @@ def test_lora_ppo_resume_is_exact(model_dir, tmp_path):
     for part in ("final/adapter/adapter_model.safetensors", "critic/adapter/adapter_model.safetensors",
                  "final/model.safetensors"):
         assert_same_files(tmp_path / "straight" / part, tmp_path / "split" / part)
+    # export rebuilds both frozen bases from their folders: the actor and the critic as the run wrote them
+    assert main(["export", str(tmp_path / "split"), "--out", str(tmp_path / "actor")]) == 0
+    assert_same_files(tmp_path / "split" / "final" / "model.safetensors", tmp_path / "actor" / "model.safetensors")
+    assert main(["export", str(tmp_path / "split"), "--out", str(tmp_path / "critic"), "--role", "critic"]) == 0
+    assert_same_files(tmp_path / "split" / "critic" / "model.safetensors", tmp_path / "critic" / "model.safetensors")
