@@ -73,6 +73,7 @@ def rm_cfg(tmp_path, model_dir):
     (["mesh.data=3", "mesh.fsdp=3"], "= 9 devices, but 8 are available"),
     (["seed=-1"], "seed must be in [0, 2**32), got -1"),
     (["train.keep_checkpoints=0"], "keep_checkpoints must be >= 1"),
+    (["mesh.data=3", "mesh.fsdp=1"], "must be a multiple of the data-parallel size data x fsdp = 3"),
 ])
 def test_stage_refuses_before_writing_the_run_folder(tmp_path, rm_cfg, capsys, sets, needle):
     args = ["rm", "--config", rm_cfg]
@@ -99,6 +100,7 @@ def test_num_slots_below_k_is_one_line(tmp_path, rm_cfg, capsys):
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "data.num_slots=2 is below the 3 responses of" in err
     assert "train.jsonl:1" in err
+    assert not (tmp_path / "run").exists()  # the data's refusal comes before the run folder
 
 
 def test_eval_rows_wider_than_training_rows(tmp_path, rm_cfg, capsys):
@@ -107,6 +109,7 @@ def test_eval_rows_wider_than_training_rows(tmp_path, rm_cfg, capsys):
     assert main(["rm", "--config", rm_cfg, "--set", f"data.eval_files=[{wide}]"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "(the most a training row has) is below the 4 responses" in err
+    assert not (tmp_path / "run").exists()
 
 
 def test_cpu_devices_zero(capsys):

@@ -81,11 +81,7 @@ def prepare_run_dir(cfg, *, resume: bool, stage: str):
     from jaxrlhf.checkpoint import Checkpointer
 
     out = Path(cfg.output_dir)
-    check_seeds(cfg)
-    check_output_dir(out)
-    check_mesh_fits(cfg.mesh, jax.device_count())
-    if cfg.train.keep_checkpoints < 1:  # every stage's train config: 0 would delete the last one
-        raise ConfigError(f"train.keep_checkpoints must be >= 1, got {cfg.train.keep_checkpoints}")
+    check_before_writing(cfg)
     # Orbax creates the folder it is given: open it only where it exists until the checks pass
     checkpointer = (Checkpointer(out / "checkpoints", keep=cfg.train.keep_checkpoints)
                     if (out / "checkpoints").is_dir() else None)
@@ -106,6 +102,16 @@ def prepare_run_dir(cfg, *, resume: bool, stage: str):
     if checkpointer is None:
         checkpointer = Checkpointer(out / "checkpoints", keep=cfg.train.keep_checkpoints)
     return out, checkpointer
+
+
+def check_before_writing(cfg) -> None:
+    """The checks that need neither the data nor the model: seeds, the output folder, the mesh
+    against the visible devices, the checkpoint count. One-line ConfigErrors, nothing written."""
+    check_seeds(cfg)
+    check_output_dir(Path(cfg.output_dir))
+    check_mesh_fits(cfg.mesh, jax.device_count())
+    if cfg.train.keep_checkpoints < 1:  # every stage's train config: 0 would delete the last one
+        raise ConfigError(f"train.keep_checkpoints must be >= 1, got {cfg.train.keep_checkpoints}")
 
 
 def check_seeds(config, prefix: str = "") -> None:
@@ -188,14 +194,19 @@ def _record_resume(cfg, out: Path, stage: str) -> None:
         (out / RECORD_FILE).write_text(json.dumps(record, indent=2) + "\n")
 
 
-def steps_per_epoch_for(train_cfg: TrainConfig, mesh: Mesh, num_rows: int) -> int:
-    from jaxrlhf.data import batches_per_epoch
-
+def check_micro_batch(train_cfg: TrainConfig, mesh: Mesh) -> None:
+    """Each micro-batch splits evenly over the data-parallel devices (data x fsdp)."""
     data_parallel = mesh.shape["data"] * mesh.shape["fsdp"]
     micro = train_cfg.batch_size // train_cfg.accumulation_steps
     if micro % data_parallel:
         raise ConfigError(f"train.batch_size / accumulation ({micro}) must be a multiple of the "
                           f"data-parallel size data x fsdp = {data_parallel}")
+
+
+def steps_per_epoch_for(train_cfg: TrainConfig, mesh: Mesh, num_rows: int) -> int:
+    from jaxrlhf.data import batches_per_epoch
+
+    check_micro_batch(train_cfg, mesh)
     steps = batches_per_epoch(num_rows, train_cfg.batch_size)
     if steps == 0:
         raise ConfigError(f"{num_rows} training rows are fewer than train.batch_size {train_cfg.batch_size}")
@@ -349,14 +360,18 @@ def run_supervised(cfg, stage: SupervisedStage, *, resume: bool = False) -> dict
     from jaxrlhf.tokenizer_check import check_stage_tokenizer
     from jaxrlhf.trainer import Trainer
 
-    out, checkpointer = prepare_run_dir(cfg, resume=resume, stage=stage.name)
+    # Everything the config, the tokenizer and the data can refuse is refused before the run
+    # folder is written (a mesh that does not divide the batch, num_slots below a row's K...).
+    check_before_writing(cfg)
     mesh = make_mesh(cfg.mesh)
+    check_micro_batch(cfg.train, mesh)
     tokenizer = load_tokenizer(cfg.tokenizer or cfg.model.path)
     # before any weights load: a reference model (DPO) must fit the tokenizer as well
     check_stage_tokenizer(tokenizer, cfg.model, cfg.tokenizer or cfg.model.path,
                           extra_models=[getattr(cfg, "reference_path", None)])
     train, eval_, reports = stage.load_data(cfg, tokenizer)
     steps_per_epoch = steps_per_epoch_for(cfg.train, mesh, len(train))
+    out, checkpointer = prepare_run_dir(cfg, resume=resume, stage=stage.name)
     total = cfg.train.total_steps(steps_per_epoch)
 
     model = stage.load_model(cfg, mesh)
