@@ -66,13 +66,19 @@ class FitResult:
     history: list[dict]  # every logged row of step metrics, this process's run only
 
 
-def drop_rows_after(metrics_file: Path, step: int) -> int:
-    """Remove metrics.jsonl rows logged after ``step`` (a resumed run logs them again); returns
-    how many were dropped."""
+def drop_rows_after(metrics_file: Path, step: int, *, eval_at_step: bool = False) -> int:
+    """Remove metrics.jsonl rows logged after ``step`` (a resumed run logs them again), and with
+    ``eval_at_step`` the eval rows at ``step`` too (a run resumed at its last step evaluates
+    it again); returns how many were dropped."""
     if not metrics_file.exists():
         return 0
+
+    def keep(row: dict) -> bool:
+        at = row.get("step", 0)
+        return at < step or (at == step and not (eval_at_step and row.get("split") == "eval"))
+
     lines = metrics_file.read_text(encoding="utf-8").splitlines()
-    kept = [line for line in lines if line.strip() and json.loads(line).get("step", 0) <= step]
+    kept = [line for line in lines if line.strip() and keep(json.loads(line))]
     if len(kept) != len(lines):
         metrics_file.write_text("".join(line + "\n" for line in kept), encoding="utf-8")
     return len(lines) - len(kept)
@@ -147,7 +153,9 @@ class Trainer:
         """
         s = self.settings
         if jax.process_index() == 0:
-            dropped = drop_rows_after(self.out / "metrics.jsonl", start.steps)
+            # resumed at the last step (killed after the final save): the final eval runs again
+            dropped = drop_rows_after(self.out / "metrics.jsonl", start.steps,
+                                      eval_at_step=start.steps >= s.total_steps)
             if dropped:
                 log.info("dropped %d metrics.jsonl rows logged after step %d (logged again on resume)",
                          dropped, start.steps)
