@@ -15,7 +15,8 @@ from jaxrlhf.tasks.length_control import (SCORE_LEVELS, TEMPLATES, build_char_to
                                           chinese_number, chinese_numeral, count_chars, evaluate_predictions,
                                           format_distribution, make_compression, parse_limit, score, split_clauses)
 from jaxrlhf.tasks.length_control.corpus import generate_paragraph
-from jaxrlhf.tasks.length_control.data import RM_BEST_ERROR, _whole, closeness, rm_row, sft_row
+from jaxrlhf.tasks.length_control.data import RM_BEST_ERROR, closeness, rm_row, sft_row
+from jaxrlhf.tasks.length_control.extracts import _whole
 from jaxrlhf.tasks.length_control.data import main as data_main
 
 SMALL = dict(n_sft=60, n_rm=30, n_test=20, n_ppo_prompts=15)

@@ -91,9 +91,10 @@ def test_demo_adds_the_configured_rule_reward_to_ppo(tmp_path):
         cfg = load_demo_config(None, [f"output_dir={tmp_path}", *overrides])
         return stage_configs(cfg, tmp_path, data)["ppo"].rewards
 
-    default = rewards()  # demo.yaml: the learned RM plus the fidelity rule
-    assert [r.kind for r in default] == ["model", "rule"]
-    assert default[1].function == RULE_FUNCTION and default[1].kwargs == {"combine": "fidelity"}
+    assert [r.kind for r in rewards()] == ["model"]  # demo.yaml: the learned RM alone
+    fidelity = rewards("ppo_rule={combine: fidelity}")  # as configs/length_control/real-text.yaml
+    assert [r.kind for r in fidelity] == ["model", "rule"]
+    assert fidelity[1].function == RULE_FUNCTION and fidelity[1].kwargs == {"combine": "fidelity"}
     weighted = rewards("ppo_rule={combine: weighted_sum, fidelity_weight: 0.3, weight: 2.0}")
     assert weighted[1].kwargs == {"combine": "weighted_sum", "fidelity_weight": 0.3} and weighted[1].weight == 2.0
     assert [r.kind for r in rewards("ppo_rule={combine: none}")] == ["model"]

@@ -15,8 +15,8 @@ from jaxrlhf.tasks.length_control.score import (SCORE_LEVELS, chinese_number, co
 
 _LAZY = {
     "tokenizer": ("build_char_tokenizer", "char_vocab"),
-    "data": ("TEMPLATES", "build_length_control_data", "chinese_numeral", "make_compression", "make_prompt",
-             "split_clauses"),
+    "data": ("TEMPLATES", "build_length_control_data", "chinese_numeral", "make_prompt"),
+    "extracts": ("make_compression", "split_clauses"),
     "evaluate": ("evaluate_length_control", "evaluate_predictions", "format_distribution", "score_rows",
                  "summarize"),
 }

@@ -20,6 +20,7 @@ import re
 
 import numpy as np
 
+from jaxrlhf.tasks.length_control.extracts import _cut, make_compression
 from jaxrlhf.tasks.length_control.score import count_chars
 
 KINDS = ("other", "repeat", "swap")
@@ -27,13 +28,11 @@ _NUMBER = re.compile(r"[0-9]+|[零一二两三四五六七八九十百]{2,}")
 
 
 def _compress(paragraph: str, target: int, rng: np.random.Generator) -> str:
-    from jaxrlhf.tasks.length_control.data import make_compression  # data imports this module
     return make_compression(paragraph, target, rng)
 
 
 def _fit(text: str, target: int) -> str:
     """``text`` cut to ``target - 1`` counted characters plus the closing "。"."""
-    from jaxrlhf.tasks.length_control.data import _cut
     body = text.rstrip("。，")
     return _cut(body, max(target - 1, 1)).rstrip("，") + "。"
 

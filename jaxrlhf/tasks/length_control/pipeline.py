@@ -47,10 +47,10 @@ class DemoDataConfig:
     rm_policy_answers: int
     paragraph_chars: tuple[int, int]  # length range of the embedded paragraphs
     sft_noise: float  # std of the SFT answers' relative length error (their aim at the limit)
-    real_share: float = 0.0  # share of the embedded paragraphs taken from the real reviews
-    n_test_held_out: int = 0  # test rows from the held-out real source (no training file reads it)
-    rm_unfaithful: int = 0  # unfaithful drafts of the right length per RM row, ranked below the faithful
-    dpo_unfaithful_share: float = 0.0  # share of DPO pairs whose rejected answer is an unfaithful draft
+    real_share: float  # share of the embedded paragraphs taken from the real reviews
+    n_test_held_out: int  # test rows from the held-out real source (no training file reads it)
+    rm_unfaithful: int  # unfaithful drafts of the right length per RM row, ranked below the faithful
+    dpo_unfaithful_share: float  # share of DPO pairs whose rejected answer is an unfaithful draft
 
 
 @dataclasses.dataclass(frozen=True)
@@ -291,8 +291,10 @@ def run_demo(cfg: DemoConfig) -> dict:
     elif (out / "base" / "model.safetensors").exists():
         log.info("demo: base model already built, kept")
     else:
-        # the vocabulary covers all embedded text, the held-out source's included, not only the data's
-        timed("base model", build_base_model, cfg, out, itertools.chain(_texts(data), embedded_text()))
+        # with real text on, the vocabulary covers all embedded text, the held-out source's included
+        real = cfg.data.real_share > 0 or cfg.data.n_test_held_out > 0
+        texts = itertools.chain(_texts(data), embedded_text()) if real else _texts(data)
+        timed("base model", build_base_model, cfg, out, texts)
     configs = stage_configs(cfg, out, data)
     runners = {name: STAGES[name].run for name in ("sft", "rm", "ppo", "dpo")}
     results = {}
